@@ -1,0 +1,413 @@
+//! The one typed configuration: a TOML file (`--config`), then `TIDINGS_*` environment
+//! overrides, then [`Config::validate`]. Every key has a default, so an empty file is valid.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+
+/// A secret that never prints.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP and WebSocket listen address (`TIDINGS_HTTP_ADDR`).
+    pub http_addr: String,
+    /// Where the embedded bus and store keep their files (`TIDINGS_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Token for `/v1/admin` (`TIDINGS_ADMIN_TOKEN`); admin routes are off while it is empty.
+    pub admin_token: Secret,
+    /// This node's name in logs and presence (`TIDINGS_NODE_ID`).
+    pub node_id: String,
+    /// Prefix of every bus topic.
+    pub topic_prefix: String,
+    pub bus: BusConfig,
+    pub store: StoreConfig,
+    pub presence: PresenceConfig,
+    pub limits: Limits,
+    pub router: RouterConfig,
+    pub websocket: WebSocketConfig,
+    pub webhook: WebhookConfig,
+    pub retry: RetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            admin_token: Secret::default(),
+            node_id: "node-1".into(),
+            topic_prefix: "tidings".into(),
+            bus: BusConfig::default(),
+            store: StoreConfig::default(),
+            presence: PresenceConfig::default(),
+            limits: Limits::default(),
+            router: RouterConfig::default(),
+            websocket: WebSocketConfig::default(),
+            webhook: WebhookConfig::default(),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `embedded` or `kafka` (`TIDINGS_BUS`).
+    pub backend: String,
+    /// Partitions per topic.
+    pub partitions: u32,
+    /// `TIDINGS_KAFKA_BROKERS`.
+    pub kafka_brokers: String,
+    /// `TIDINGS_SCHEMA_REGISTRY_URL`.
+    pub schema_registry_url: String,
+    /// Embedded bus: how long records nobody consumes are kept, in hours.
+    pub retention_hours: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            backend: "embedded".into(),
+            partitions: 4,
+            kafka_brokers: "127.0.0.1:9092".into(),
+            schema_registry_url: String::new(),
+            retention_hours: 168,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` or `scylla` (`TIDINGS_STORE`).
+    pub backend: String,
+    /// `TIDINGS_SCYLLA_NODES`, comma separated.
+    pub scylla_nodes: String,
+    /// How long an idempotency key holds its first message id, in seconds.
+    pub idempotency_ttl_seconds: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: "embedded".into(),
+            scylla_nodes: "127.0.0.1:9042".into(),
+            idempotency_ttl_seconds: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// `local` or `redis` (`TIDINGS_PRESENCE`).
+    pub backend: String,
+    /// `TIDINGS_REDIS_URL`.
+    pub redis_url: String,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            backend: "local".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most listed users, topics or tags in one send.
+    pub max_listed_recipients: usize,
+    /// Most concurrent WebSocket connections on this node.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_listed_recipients: 10_000,
+            max_connections: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Fair-share weights of high, normal and low (urgent is always read first).
+    pub weight_high: u32,
+    pub weight_normal: u32,
+    pub weight_low: u32,
+    /// Weight of urgent, used as its batch multiplier.
+    pub weight_urgent: u32,
+    /// Requests per weight unit in one scheduling round.
+    pub batch: usize,
+    /// Recipients expanded per page for topics, tags and broadcasts.
+    pub page_size: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            weight_urgent: 8,
+            weight_high: 4,
+            weight_normal: 2,
+            weight_low: 1,
+            batch: 16,
+            page_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Server ping period, seconds.
+    pub ping_interval_seconds: u64,
+    /// A connection silent for this long is closed, seconds.
+    pub idle_timeout_seconds: u64,
+    /// Frames queued per connection; a connection that falls this far behind is closed and
+    /// catches up with `resume`.
+    pub send_queue: usize,
+    /// Messages replayed per store page on `resume`.
+    pub resume_page: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval_seconds: 20,
+            idle_timeout_seconds: 60,
+            send_queue: 1024,
+            resume_page: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Per-request timeout, milliseconds.
+    pub timeout_ms: u64,
+    /// Concurrent webhook requests per delivery node.
+    pub concurrency: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            timeout_ms: 5_000,
+            concurrency: 64,
+        }
+    }
+}
+
+/// Backoff policy of one channel.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicyConfig {
+    /// Total attempts, the first included.
+    pub max_attempts: u32,
+    pub base_ms: u64,
+    pub factor: f64,
+    pub cap_ms: u64,
+}
+
+impl Default for RetryPolicyConfig {
+    fn default() -> Self {
+        RetryPolicyConfig {
+            max_attempts: 5,
+            base_ms: 1_000,
+            factor: 2.0,
+            cap_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub webhook: RetryPolicyConfig,
+    pub inapp: RetryPolicyConfig,
+}
+
+/// The environment overrides, key by key.
+const ENV_KEYS: &[&str] = &[
+    "TIDINGS_HTTP_ADDR",
+    "TIDINGS_DATA_DIR",
+    "TIDINGS_ADMIN_TOKEN",
+    "TIDINGS_NODE_ID",
+    "TIDINGS_TOPIC_PREFIX",
+    "TIDINGS_BUS",
+    "TIDINGS_BUS_PARTITIONS",
+    "TIDINGS_KAFKA_BROKERS",
+    "TIDINGS_SCHEMA_REGISTRY_URL",
+    "TIDINGS_STORE",
+    "TIDINGS_SCYLLA_NODES",
+    "TIDINGS_PRESENCE",
+    "TIDINGS_REDIS_URL",
+    "TIDINGS_MAX_BODY_BYTES",
+    "TIDINGS_WEBHOOK_TIMEOUT_MS",
+    "TIDINGS_RETRY_WEBHOOK_MAX_ATTEMPTS",
+    "TIDINGS_RETRY_WEBHOOK_BASE_MS",
+    "TIDINGS_RETRY_WEBHOOK_CAP_MS",
+];
+
+impl Config {
+    /// Parse a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::invalid("config_invalid", e.to_string()))
+    }
+
+    /// Load `path` (or the defaults), apply the environment, validate.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::invalid("config_invalid", format!("cannot read {}: {e}", p.display()))
+                })?;
+                Config::from_toml(&text)?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Apply `TIDINGS_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        for key in ENV_KEYS {
+            let Some(v) = get(key) else { continue };
+            let num = |v: &str| -> Result<u64> {
+                v.parse()
+                    .map_err(|_| Error::invalid("config_invalid", format!("{key}: `{v}` is not a number")))
+            };
+            match *key {
+                "TIDINGS_HTTP_ADDR" => self.http_addr = v,
+                "TIDINGS_DATA_DIR" => self.data_dir = PathBuf::from(v),
+                "TIDINGS_ADMIN_TOKEN" => self.admin_token = Secret(v),
+                "TIDINGS_NODE_ID" => self.node_id = v,
+                "TIDINGS_TOPIC_PREFIX" => self.topic_prefix = v,
+                "TIDINGS_BUS" => self.bus.backend = v,
+                "TIDINGS_BUS_PARTITIONS" => self.bus.partitions = num(&v)? as u32,
+                "TIDINGS_KAFKA_BROKERS" => self.bus.kafka_brokers = v,
+                "TIDINGS_SCHEMA_REGISTRY_URL" => self.bus.schema_registry_url = v,
+                "TIDINGS_STORE" => self.store.backend = v,
+                "TIDINGS_SCYLLA_NODES" => self.store.scylla_nodes = v,
+                "TIDINGS_PRESENCE" => self.presence.backend = v,
+                "TIDINGS_REDIS_URL" => self.presence.redis_url = v,
+                "TIDINGS_MAX_BODY_BYTES" => self.limits.max_body_bytes = num(&v)? as usize,
+                "TIDINGS_WEBHOOK_TIMEOUT_MS" => self.webhook.timeout_ms = num(&v)?,
+                "TIDINGS_RETRY_WEBHOOK_MAX_ATTEMPTS" => {
+                    self.retry.webhook.max_attempts = num(&v)? as u32
+                }
+                "TIDINGS_RETRY_WEBHOOK_BASE_MS" => self.retry.webhook.base_ms = num(&v)?,
+                "TIDINGS_RETRY_WEBHOOK_CAP_MS" => self.retry.webhook.cap_ms = num(&v)?,
+                _ => unreachable!("every ENV_KEYS entry is matched"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Check values that parse but make no sense; messages name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid("config_invalid", m));
+        if self.http_addr.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("http_addr: `{}` is not host:port", self.http_addr));
+        }
+        if !["embedded", "kafka"].contains(&self.bus.backend.as_str()) {
+            return bad(format!("bus.backend: `{}` (expected embedded or kafka)", self.bus.backend));
+        }
+        if !["embedded", "scylla"].contains(&self.store.backend.as_str()) {
+            return bad(format!("store.backend: `{}` (expected embedded or scylla)", self.store.backend));
+        }
+        if !["local", "redis"].contains(&self.presence.backend.as_str()) {
+            return bad(format!("presence.backend: `{}` (expected local or redis)", self.presence.backend));
+        }
+        if self.bus.partitions == 0 || self.bus.partitions > 1024 {
+            return bad("bus.partitions: must be 1..=1024".into());
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return bad("limits.max_body_bytes: must be at least 1024".into());
+        }
+        if self.router.batch == 0 || self.router.page_size == 0 {
+            return bad("router.batch and router.page_size: must be positive".into());
+        }
+        if [self.router.weight_high, self.router.weight_normal, self.router.weight_low].contains(&0) {
+            return bad("router.weight_*: must be positive".into());
+        }
+        if self.websocket.send_queue == 0 {
+            return bad("websocket.send_queue: must be positive".into());
+        }
+        for (name, p) in [("retry.webhook", &self.retry.webhook), ("retry.inapp", &self.retry.inapp)] {
+            if p.max_attempts == 0 || p.factor < 1.0 || p.base_ms == 0 || p.cap_ms < p.base_ms {
+                return bad(format!(
+                    "{name}: need max_attempts >= 1, factor >= 1, base_ms > 0, cap_ms >= base_ms"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The full name of a bus topic: `<prefix>.<name>`.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}.{}", self.topic_prefix, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::from_toml("http_adr = \"x\"").unwrap_err();
+        assert_eq!(e.code, "config_invalid");
+        assert!(e.message.contains("http_adr"), "{}", e.message);
+    }
+
+    #[test]
+    fn env_overrides_and_validation_name_the_key() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "TIDINGS_HTTP_ADDR" => Some("127.0.0.1:9999".into()),
+            "TIDINGS_BUS" => Some("carrier-pigeon".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:9999");
+        let e = c.validate().unwrap_err();
+        assert!(e.message.starts_with("bus.backend"), "{}", e.message);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut c = Config::default();
+        c.admin_token = Secret("hunter2".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

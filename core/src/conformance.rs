@@ -1,0 +1,319 @@
+//! Conformance suites: every backend of a port runs the same suite, the embedded ones in plain
+//! `cargo test`, the distributed ones against real servers. Each takes fresh names (`prefix`)
+//! so suites can share a server. They panic on the first broken guarantee.
+
+use crate::bus::{Bus, OutRecord};
+use crate::model::*;
+use crate::store::{Claim, NewInboxRow, Store};
+use std::time::Duration;
+
+/// The bus guarantees of [`crate::bus`].
+pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.conf");
+    bus.ensure_topic(&topic).await.unwrap();
+    bus.ensure_topic(&topic).await.unwrap();
+
+    // order per key, positions returned in order
+    let mut recs = Vec::new();
+    for i in 0..50u32 {
+        let key = format!("k{}", i % 5);
+        recs.push(OutRecord::new(&topic, key.into_bytes(), i.to_be_bytes().to_vec()));
+    }
+    let pos = bus.append(recs).await.unwrap();
+    assert_eq!(pos.len(), 50);
+
+    let mut c = bus.consumer("g1", &topic).await.unwrap();
+    assert_eq!(c.topic(), topic);
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let batch = c.poll(17, Duration::from_secs(5)).await.unwrap();
+        assert!(!batch.is_empty(), "poll timed out after {} records", got.len());
+        assert!(batch.len() <= 17);
+        got.extend(batch);
+    }
+    for k in 0..5u32 {
+        let seq: Vec<u32> = got
+            .iter()
+            .filter(|r| r.key == format!("k{k}").into_bytes())
+            .map(|r| u32::from_be_bytes(r.value.clone().try_into().unwrap()))
+            .collect();
+        let want: Vec<u32> = (0..50).filter(|i| i % 5 == k).collect();
+        assert_eq!(seq, want, "order of key k{k}");
+        let parts: std::collections::HashSet<u32> = got
+            .iter()
+            .filter(|r| r.key == format!("k{k}").into_bytes())
+            .map(|r| r.partition)
+            .collect();
+        assert_eq!(parts.len(), 1, "one key, one partition");
+    }
+    assert!(c.poll(10, Duration::from_millis(50)).await.unwrap().is_empty());
+    assert_eq!(bus.lag("g1", &topic).await.unwrap(), 50);
+
+    // commit part, a new consumer of the group resumes after it
+    c.commit_records(&got[..20]).await.unwrap();
+    drop(c);
+    let mut c2 = bus.consumer("g1", &topic).await.unwrap();
+    let mut again = Vec::new();
+    loop {
+        let b = c2.poll(100, Duration::from_millis(200)).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        again.extend(b);
+    }
+    let committed: Vec<(u32, u64)> = crate::bus::next_offsets(&got[..20]);
+    for r in &again {
+        if let Some((_, next)) = committed.iter().find(|(p, _)| *p == r.partition) {
+            assert!(r.offset >= *next, "record below the committed offset came back");
+        }
+    }
+    let expect_again = got
+        .iter()
+        .filter(|r| {
+            committed
+                .iter()
+                .find(|(p, _)| *p == r.partition)
+                .is_none_or(|(_, n)| r.offset >= *n)
+        })
+        .count();
+    assert_eq!(again.len(), expect_again, "uncommitted records are read again");
+
+    // another group reads everything independently
+    let mut g2 = bus.consumer("g2", &topic).await.unwrap();
+    let mut n = 0;
+    while n < 50 {
+        let b = g2.poll(100, Duration::from_secs(5)).await.unwrap();
+        assert!(!b.is_empty());
+        n += b.len();
+    }
+
+    // a waiting poll wakes up on append
+    let waiter = async {
+        let b = g2.poll(10, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].value, b"late".to_vec());
+    };
+    let appender = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bus.append(vec![OutRecord::new(&topic, b"x".to_vec(), b"late".to_vec())])
+            .await
+            .unwrap();
+    };
+    tokio::join!(waiter, appender);
+}
+
+fn item(id: &str, title: &str) -> InboxItem {
+    InboxItem {
+        message_id: id.into(),
+        seq: 0,
+        title: title.into(),
+        body: "b".into(),
+        data: serde_json::json!({"k": 1}),
+        priority: Priority::Normal,
+        category: None,
+        status: InboxStatus::Unread,
+        created_at_ms: 1,
+    }
+}
+
+/// The store guarantees of [`crate::store`].
+pub async fn store_conformance(store: &dyn Store, prefix: &str) {
+    let t1 = format!("{prefix}-t1");
+    let t2 = format!("{prefix}-t2");
+    for t in [&t1, &t2] {
+        let tenant = Tenant {
+            id: t.clone(),
+            name: "n".into(),
+            api_key_hash: format!("hash-{t}"),
+            jwt_secret: "s".into(),
+            webhook_url: None,
+            webhook_secret: "w".into(),
+            created_at_ms: 1,
+        };
+        store.create_tenant(&tenant).await.unwrap();
+    }
+    let got = store.tenant_by_api_key_hash(&format!("hash-{t1}")).await.unwrap().unwrap();
+    assert_eq!(got.id, t1);
+    assert!(store.tenant_by_api_key_hash("nope").await.unwrap().is_none());
+    let mut updated = got.clone();
+    updated.webhook_url = Some("http://x".into());
+    store.update_tenant(&updated).await.unwrap();
+    assert_eq!(store.tenant(&t1).await.unwrap().unwrap(), updated);
+
+    // users and tags, paged
+    for u in ["u3", "u1", "u2"] {
+        store.touch_users(&t1, &[u.to_string()]).await.unwrap();
+    }
+    let profile = UserProfile {
+        tags: vec!["vip".into()],
+        locale: Some("zh".into()),
+        ..Default::default()
+    };
+    store.upsert_user(&t1, "u2", &profile).await.unwrap();
+    store.touch_users(&t1, &["u2".to_string()]).await.unwrap();
+    assert_eq!(store.user(&t1, "u2").await.unwrap().unwrap(), profile);
+    let p = store.users(&t1, None, 2).await.unwrap();
+    assert_eq!(p.items, vec!["u1", "u2"]);
+    let p2 = store.users(&t1, p.next.as_deref(), 2).await.unwrap();
+    assert_eq!(p2.items, vec!["u3"]);
+    assert_eq!(p2.next, None);
+    assert!(store.users(&t2, None, 10).await.unwrap().items.is_empty(), "tenant isolation");
+    assert_eq!(store.users_tagged(&t1, "vip", None, 10).await.unwrap().items, vec!["u2"]);
+    store.upsert_user(&t1, "u2", &UserProfile::default()).await.unwrap();
+    assert!(store.users_tagged(&t1, "vip", None, 10).await.unwrap().items.is_empty(), "tag removed");
+
+    // subscriptions both ways
+    store.subscribe(&t1, "orders", "u1").await.unwrap();
+    store.subscribe(&t1, "orders", "u2").await.unwrap();
+    store.subscribe(&t1, "news", "u1").await.unwrap();
+    assert_eq!(store.subscribers(&t1, "orders", None, 10).await.unwrap().items, vec!["u1", "u2"]);
+    assert_eq!(store.subscriptions(&t1, "u1").await.unwrap(), vec!["news", "orders"]);
+    assert!(store.unsubscribe(&t1, "orders", "u1").await.unwrap());
+    assert!(!store.unsubscribe(&t1, "orders", "u1").await.unwrap());
+    assert_eq!(store.subscribers(&t1, "orders", None, 10).await.unwrap().items, vec!["u2"]);
+    assert!(store.subscribers(&t2, "orders", None, 10).await.unwrap().items.is_empty());
+
+    // templates
+    let tpl = Template {
+        inapp: InappTemplate {
+            title: "t".into(),
+            body: "b".into(),
+        },
+        ..Default::default()
+    };
+    store.put_template(&t1, "k", &tpl).await.unwrap();
+    assert_eq!(store.template(&t1, "k").await.unwrap().unwrap(), tpl);
+    assert!(store.template(&t2, "k").await.unwrap().is_none());
+
+    // idempotency: first claim wins within the ttl, expires after, release undoes
+    assert_eq!(store.claim_idempotency(&t1, "key", "m1", 1000, 500).await.unwrap(), Claim::New);
+    assert_eq!(
+        store.claim_idempotency(&t1, "key", "m2", 1400, 500).await.unwrap(),
+        Claim::Existing("m1".into())
+    );
+    assert_eq!(store.claim_idempotency(&t2, "key", "m3", 1400, 500).await.unwrap(), Claim::New);
+    assert_eq!(store.claim_idempotency(&t1, "key", "m4", 1600, 500).await.unwrap(), Claim::New);
+    store.release_idempotency(&t1, "key", "m4").await.unwrap();
+    assert_eq!(store.claim_idempotency(&t1, "key", "m5", 1700, 500).await.unwrap(), Claim::New);
+
+    // inbox: idempotent appends, growing seqs, paging both ways, status forward only
+    let rows: Vec<NewInboxRow> = (0..5)
+        .map(|i| NewInboxRow {
+            tenant_id: t1.clone(),
+            user_id: "u1".into(),
+            item: item(&format!("m{i}"), &format!("title {i}")),
+        })
+        .collect();
+    let a = store.append_inbox(&rows).await.unwrap();
+    assert!(a.iter().all(|r| r.fresh));
+    assert!(a.windows(2).all(|w| w[0].seq < w[1].seq), "seqs grow");
+    let again = store.append_inbox(&rows[1..2]).await.unwrap();
+    assert_eq!(again[0].seq, a[1].seq);
+    assert!(!again[0].fresh, "a repeated append is absorbed");
+    assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 5);
+    assert_eq!(store.unread_count(&t2, "u1").await.unwrap(), 0);
+
+    let page = store.inbox_page(&t1, "u1", None, 2).await.unwrap();
+    assert_eq!(ids(&page), vec!["m4", "m3"]);
+    let page2 = store.inbox_page(&t1, "u1", Some(page[1].seq), 10).await.unwrap();
+    assert_eq!(ids(&page2), vec!["m2", "m1", "m0"]);
+    assert_eq!(page2[0].data, serde_json::json!({"k": 1}));
+
+    assert_eq!(store.inbox_seq(&t1, "u1", "m2").await.unwrap(), Some(a[2].seq));
+    assert_eq!(store.inbox_seq(&t2, "u1", "m2").await.unwrap(), None);
+    let after = store.inbox_after(&t1, "u1", a[2].seq, false, 10).await.unwrap();
+    assert_eq!(ids(&after), vec!["m3", "m4"]);
+
+    let changed = store
+        .set_inbox_status(&t1, "u1", &["m0".into(), "m1".into(), "zz".into()], InboxStatus::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(changed, vec!["m0", "m1"]);
+    assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 5, "delivered is still unread");
+    store.set_inbox_status(&t1, "u1", &["m0".into()], InboxStatus::Read).await.unwrap();
+    let back = store.set_inbox_status(&t1, "u1", &["m0".into()], InboxStatus::Delivered).await.unwrap();
+    assert!(back.is_empty(), "status never moves back");
+    assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 4);
+    let unread = store.inbox_after(&t1, "u1", 0, true, 10).await.unwrap();
+    assert_eq!(ids(&unread), vec!["m1", "m2", "m3", "m4"]);
+    store.set_inbox_status(&t1, "u1", &["m4".into()], InboxStatus::Deleted).await.unwrap();
+    assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 3);
+    assert_eq!(ids(&store.inbox_page(&t1, "u1", None, 10).await.unwrap()), vec!["m3", "m2", "m1", "m0"]);
+    assert_eq!(store.mark_all_read(&t1, "u1").await.unwrap(), 3);
+    assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 0);
+    let later = store
+        .append_inbox(&[NewInboxRow {
+            tenant_id: t1.clone(),
+            user_id: "u1".into(),
+            item: item("m9", "late"),
+        }])
+        .await
+        .unwrap();
+    assert!(later[0].seq > a[4].seq, "seqs keep growing");
+
+    // messages and delivery status
+    let msg = MessageRecord {
+        tenant_id: t1.clone(),
+        message_id: "m0".into(),
+        priority: Priority::High,
+        category: Some("c".into()),
+        template: None,
+        title: "t".into(),
+        body: "b".into(),
+        data: serde_json::json!({}),
+        channels: vec![Channel::Inapp],
+        created_at_ms: 5,
+        expires_at_ms: None,
+    };
+    store.put_messages(&[msg.clone()]).await.unwrap();
+    store.put_messages(&[msg.clone()]).await.unwrap();
+    assert_eq!(store.message(&t1, "m0").await.unwrap().unwrap(), msg);
+    assert!(store.message(&t2, "m0").await.unwrap().is_none());
+    let st = |user: &str, state, attempts| DeliveryStatus {
+        user_id: user.into(),
+        channel: Channel::Webhook,
+        state,
+        attempts,
+        last_error: None,
+        updated_at_ms: 1,
+    };
+    store
+        .put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Pending, 0), st("u2", DeliveryState::Pending, 0)])
+        .await
+        .unwrap();
+    store.put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Delivered, 1)]).await.unwrap();
+    store.put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Pending, 0)]).await.unwrap();
+    let s = store.delivery_status(&t1, "m0").await.unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].state, DeliveryState::Delivered, "state never moves back");
+    assert_eq!(s[1].state, DeliveryState::Pending);
+
+    // dead letters
+    for i in 0..3 {
+        let e = DlqEntry {
+            id: format!("d{i}"),
+            tenant_id: t1.clone(),
+            message_id: "m0".into(),
+            user_id: "u1".into(),
+            channel: Channel::Webhook,
+            attempts: 5,
+            error: "http 500".into(),
+            failed_at_ms: i,
+            delivery: vec![0, 1, 2],
+        };
+        store.dlq_put(&e).await.unwrap();
+    }
+    let l = store.dlq_list(&t1, None, 2).await.unwrap();
+    assert_eq!(l.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["d0", "d1"]);
+    assert_eq!(store.dlq_list(&t1, Some("d1"), 10).await.unwrap().len(), 1);
+    assert!(store.dlq_list(&t2, None, 10).await.unwrap().is_empty());
+    assert_eq!(store.dlq_take(&t1, "d1").await.unwrap().unwrap().delivery, vec![0, 1, 2]);
+    assert!(store.dlq_take(&t1, "d1").await.unwrap().is_none());
+    assert!(store.dlq_take(&t2, "d0").await.unwrap().is_none());
+
+    store.ready().await.unwrap();
+}
+
+fn ids(items: &[InboxItem]) -> Vec<&str> {
+    items.iter().map(|i| i.message_id.as_str()).collect()
+}

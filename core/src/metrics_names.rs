@@ -1,0 +1,35 @@
+//! Every metric tidings exports, declared once. Names follow `tidings_<stage>_<what>_<unit>`;
+//! labels are bounded (priority, channel, outcome, topic names, kind), never user or message ids.
+
+/// Sends answered by ingest; labels `priority`, `outcome` (accepted, duplicate, rejected).
+pub const INGEST_REQUESTS_TOTAL: &str = "tidings_ingest_requests_total";
+/// Time to accept a send (validate, claim, durable append), seconds.
+pub const INGEST_ACCEPT_SECONDS: &str = "tidings_ingest_accept_seconds";
+/// Requests the router finished; label `priority`.
+pub const ROUTER_REQUESTS_TOTAL: &str = "tidings_router_requests_total";
+/// Deliveries the router emitted; label `channel`.
+pub const ROUTER_DELIVERIES_TOTAL: &str = "tidings_router_deliveries_total";
+/// Requests the router dead-lettered (render failed, tenant gone).
+pub const ROUTER_DEAD_TOTAL: &str = "tidings_router_dead_total";
+/// Deliveries attempted; labels `channel`, `outcome` (pushed, offline, delivered, retry, dead).
+pub const DELIVERY_ATTEMPTS_TOTAL: &str = "tidings_delivery_attempts_total";
+/// Ingest acceptance to push (or external success); labels `priority`, `channel`.
+pub const DELIVERY_LATENCY_SECONDS: &str = "tidings_delivery_latency_seconds";
+/// Open WebSocket connections on this node.
+pub const DELIVERY_CONNECTIONS: &str = "tidings_delivery_connections";
+/// Connections closed because they fell behind.
+pub const DELIVERY_SLOW_CLOSED_TOTAL: &str = "tidings_delivery_slow_closed_total";
+/// Client frames received; label `type` (ack, read, resume, ping, invalid).
+pub const DELIVERY_CLIENT_FRAMES_TOTAL: &str = "tidings_delivery_client_frames_total";
+/// Deliveries scheduled for another attempt; label `channel`.
+pub const RETRY_SCHEDULED_TOTAL: &str = "tidings_retry_scheduled_total";
+/// Deliveries held by the retry stage until due.
+pub const RETRY_PENDING: &str = "tidings_retry_pending";
+/// Deliveries re-emitted when due; label `channel`.
+pub const RETRY_REEMITTED_TOTAL: &str = "tidings_retry_reemitted_total";
+/// Dead letters written; labels `channel`, `reason` (exhausted, permanent, invalid).
+pub const DLQ_TOTAL: &str = "tidings_dlq_total";
+/// Uncommitted records per consumed topic; label `topic` (the short name).
+pub const BUS_QUEUE_DEPTH: &str = "tidings_bus_queue_depth";
+/// Delivery events seen on `events`; label `kind`.
+pub const EVENTS_TOTAL: &str = "tidings_events_total";

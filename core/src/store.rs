@@ -1,0 +1,157 @@
+//! The store port: tenants, users, subscriptions, templates, idempotency keys, messages,
+//! per-user inboxes, delivery status and the dead-letter queue.
+//!
+//! What every backend guarantees:
+//! - **Durable writes.** A call returns only once what it wrote survives a `kill -9`.
+//! - **Idempotent inbox.** [`Store::append_inbox`] writes at most one row per
+//!   `(tenant, user, message_id)`; a repeated append returns the existing row's sequence with
+//!   `fresh == false`, so at-least-once upstream never shows a user a message twice.
+//! - **Growing sequences.** Each new inbox row of a user gets a sequence greater than every
+//!   earlier row of that user. Resume reads by sequence ([`Store::inbox_after`]).
+//! - **Forward-only status.** An inbox row moves unread → delivered → read; deleted hides it.
+//!   Setting an earlier status is a no-op.
+//! - **Tenant isolation.** Every key starts with the tenant id; no call crosses tenants.
+
+use crate::error::Result;
+use crate::model::*;
+use async_trait::async_trait;
+
+/// One inbox row to write.
+#[derive(Debug, Clone)]
+pub struct NewInboxRow {
+    pub tenant_id: String,
+    pub user_id: String,
+    /// The row's content; its `seq` and `status` are assigned by the store.
+    pub item: InboxItem,
+}
+
+/// Where a row landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedRow {
+    pub seq: u64,
+    /// False when the row already existed (a redelivered request).
+    pub fresh: bool,
+}
+
+/// Result of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is now bound to the proposed message id.
+    New,
+    /// The key was bound earlier, within its time to live, to this message id.
+    Existing(String),
+}
+
+/// A page of ids (users, subscribers), and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // tenants
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn update_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    async fn tenant_by_api_key_hash(&self, hash: &str) -> Result<Option<Tenant>>;
+
+    // users: a user is known once upserted, subscribed, sent to or connected
+    async fn upsert_user(&self, tenant: &str, user: &str, profile: &UserProfile) -> Result<()>;
+    async fn user(&self, tenant: &str, user: &str) -> Result<Option<UserProfile>>;
+    /// Make users known without touching existing profiles.
+    async fn touch_users(&self, tenant: &str, users: &[String]) -> Result<()>;
+    /// Known users in id order, after `after`.
+    async fn users(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Page<String>>;
+    /// Users carrying `tag`, in id order, after `after`.
+    async fn users_tagged(
+        &self,
+        tenant: &str,
+        tag: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>>;
+
+    // subscriptions, both ways
+    async fn subscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<()>;
+    async fn unsubscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<bool>;
+    async fn subscribers(
+        &self,
+        tenant: &str,
+        topic: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>>;
+    async fn subscriptions(&self, tenant: &str, user: &str) -> Result<Vec<String>>;
+
+    // templates
+    async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<()>;
+    async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>>;
+
+    // idempotency
+    /// Bind `key` to `message_id` unless it is bound, younger than `ttl_ms`, to another.
+    async fn claim_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        message_id: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Claim>;
+    /// Undo a claim whose request could not be accepted.
+    async fn release_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
+
+    // messages and inboxes
+    /// Write messages (idempotent by id).
+    async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()>;
+    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>>;
+    /// Append inbox rows, one per (tenant, user, message id); results in input order.
+    async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>>;
+    /// Newest first, visible rows with `seq < before` (all when `None`).
+    async fn inbox_page(
+        &self,
+        tenant: &str,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<InboxItem>>;
+    /// Oldest first, visible rows with `seq > after`; only unread ones when `unread_only`.
+    async fn inbox_after(
+        &self,
+        tenant: &str,
+        user: &str,
+        after: u64,
+        unread_only: bool,
+        limit: usize,
+    ) -> Result<Vec<InboxItem>>;
+    /// The sequence of a message in the user's inbox.
+    async fn inbox_seq(&self, tenant: &str, user: &str, message_id: &str) -> Result<Option<u64>>;
+    async fn unread_count(&self, tenant: &str, user: &str) -> Result<u64>;
+    /// Move rows forward to `status`; returns the ids that changed. Unknown ids are skipped.
+    async fn set_inbox_status(
+        &self,
+        tenant: &str,
+        user: &str,
+        ids: &[String],
+        status: InboxStatus,
+    ) -> Result<Vec<String>>;
+    /// Mark every unread row read; returns how many changed.
+    async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64>;
+
+    // delivery status
+    /// Upsert statuses of `(message, user, channel)`; a state never moves back from a later one
+    /// (delivered, read, failed) to pending or retrying.
+    async fn put_delivery_status(&self, tenant: &str, message_id: &str, statuses: &[DeliveryStatus]) -> Result<()>;
+    async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>>;
+
+    // dead letters
+    async fn dlq_put(&self, entry: &DlqEntry) -> Result<()>;
+    /// Entries of a tenant, oldest first, after id `after`.
+    async fn dlq_list(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<DlqEntry>>;
+    /// Remove and return an entry (for replay).
+    async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>>;
+
+    /// Whether the backend answers (for `/readyz`).
+    async fn ready(&self) -> Result<()>;
+}
