@@ -1,0 +1,631 @@
+//! The embedded store: one redb file, one table per kind of row, every key led by the tenant
+//! id. Writes go through the engine's group commit (fsync before the call returns).
+
+use async_trait::async_trait;
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use tidings_core::model::*;
+use tidings_core::store::{AppendedRow, Claim, NewInboxRow, Page, Store};
+use tidings_core::{Error, Result};
+use tidings_embedded::{storage_err, Engine};
+
+type T1 = TableDefinition<'static, &'static str, &'static [u8]>;
+type T2 = TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+type T3 = TableDefinition<'static, (&'static str, &'static str, &'static str), u8>;
+
+const TENANTS: T1 = TableDefinition::new("tenants");
+const API_KEYS: T1 = TableDefinition::new("api_keys");
+const USERS: T2 = TableDefinition::new("users");
+const TAGS: T3 = TableDefinition::new("tags");
+const SUBS: T3 = TableDefinition::new("subscribers");
+const USER_SUBS: T3 = TableDefinition::new("subscriptions");
+const TEMPLATES: T2 = TableDefinition::new("templates");
+const IDEMPOTENCY: T2 = TableDefinition::new("idempotency");
+const MESSAGES: T2 = TableDefinition::new("messages");
+const INBOX: TableDefinition<'static, (&'static str, &'static str, u64), &'static [u8]> =
+    TableDefinition::new("inbox");
+const INBOX_INDEX: TableDefinition<'static, (&'static str, &'static str, &'static str), u64> =
+    TableDefinition::new("inbox_index");
+const USER_SEQ: TableDefinition<'static, (&'static str, &'static str), u64> =
+    TableDefinition::new("user_seq");
+const UNREAD: TableDefinition<'static, (&'static str, &'static str), u64> = TableDefinition::new("unread");
+const STATUS: TableDefinition<'static, (&'static str, &'static str, &'static str, &'static str), &'static [u8]> =
+    TableDefinition::new("delivery_status");
+const DLQ: T2 = TableDefinition::new("dlq");
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| Error::internal(format!("corrupt row: {e}")))
+}
+
+fn inbox_rank(s: InboxStatus) -> u8 {
+    s as u8
+}
+
+fn delivery_rank(s: DeliveryState) -> u8 {
+    match s {
+        DeliveryState::Pending | DeliveryState::Retrying | DeliveryState::Failed => 0,
+        DeliveryState::Delivered => 1,
+        DeliveryState::Read => 2,
+    }
+}
+
+/// The embedded, durable, single-process store.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    engine: Engine,
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path) -> Result<EmbeddedStore> {
+        let engine = Engine::open(path, "store", |txn| {
+            for t in [TENANTS, API_KEYS] {
+                txn.open_table(t)?;
+            }
+            for t in [USERS, TEMPLATES, IDEMPOTENCY, MESSAGES, DLQ] {
+                txn.open_table(t)?;
+            }
+            for t in [TAGS, SUBS, USER_SUBS] {
+                txn.open_table(t)?;
+            }
+            txn.open_table(INBOX)?;
+            txn.open_table(INBOX_INDEX)?;
+            txn.open_table(USER_SEQ)?;
+            txn.open_table(UNREAD)?;
+            txn.open_table(STATUS)?;
+            Ok(())
+        })?;
+        Ok(EmbeddedStore { engine })
+    }
+
+    fn get2<V: DeserializeOwned>(&self, def: T2, a: &str, b: &str) -> Result<Option<V>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(def).map_err(storage_err)?;
+        let v = t.get((a, b)).map_err(storage_err)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+
+    /// Third components of `(a, b, *)` keys after `after`, in order.
+    fn page3(&self, def: T3, a: &str, b: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(def).map_err(storage_err)?;
+        let start = after.unwrap_or("");
+        let mut items = Vec::new();
+        let mut more = false;
+        for row in t.range((a, b, start)..).map_err(storage_err)? {
+            let (k, _) = row.map_err(storage_err)?;
+            let (ka, kb, kc) = k.value();
+            if ka != a || kb != b {
+                break;
+            }
+            if after.is_some() && kc == start {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(kc.to_string());
+        }
+        let next = if more { items.last().cloned() } else { None };
+        Ok(Page { items, next })
+    }
+}
+
+fn set_inbox_status_in(
+    txn: &WriteTransaction,
+    tenant: &str,
+    user: &str,
+    ids: &[String],
+    status: InboxStatus,
+) -> Result<Vec<String>> {
+    let idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
+    let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
+    let mut changed = Vec::new();
+    let mut unread_delta: i64 = 0;
+    for id in ids {
+        let Some(seq) = idx.get((tenant, user, id.as_str())).map_err(storage_err)?.map(|v| v.value()) else {
+            continue;
+        };
+        let Some(raw) = inbox.get((tenant, user, seq)).map_err(storage_err)?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let mut item: InboxItem = from_json(&raw)?;
+        if inbox_rank(status) <= inbox_rank(item.status) {
+            continue;
+        }
+        if item.status.is_unread() && !status.is_unread() {
+            unread_delta -= 1;
+        }
+        item.status = status;
+        inbox.insert((tenant, user, seq), to_json(&item)?.as_slice()).map_err(storage_err)?;
+        changed.push(id.clone());
+    }
+    if unread_delta != 0 {
+        add_unread(txn, tenant, user, unread_delta)?;
+    }
+    Ok(changed)
+}
+
+fn add_unread(txn: &WriteTransaction, tenant: &str, user: &str, delta: i64) -> Result<()> {
+    let mut t = txn.open_table(UNREAD).map_err(storage_err)?;
+    let cur = t.get((tenant, user)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0);
+    let next = (cur as i64 + delta).max(0) as u64;
+    t.insert((tenant, user), next).map_err(storage_err)?;
+    Ok(())
+}
+
+fn touch_in(users: &mut Table<'_, (&'static str, &'static str), &'static [u8]>, tenant: &str, user: &str) -> Result<()> {
+    if users.get((tenant, user)).map_err(storage_err)?.is_none() {
+        users.insert((tenant, user), b"{}".as_slice()).map_err(storage_err)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()> {
+        let tenant = tenant.clone();
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(TENANTS).map_err(storage_err)?;
+                if t.get(tenant.id.as_str()).map_err(storage_err)?.is_some() {
+                    return Err(Error::new(
+                        tidings_core::ErrorKind::Conflict,
+                        "tenant_exists",
+                        format!("tenant `{}` exists", tenant.id),
+                    ));
+                }
+                t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice()).map_err(storage_err)?;
+                let mut k = txn.open_table(API_KEYS).map_err(storage_err)?;
+                k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes()).map_err(storage_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_tenant(&self, tenant: &Tenant) -> Result<()> {
+        let tenant = tenant.clone();
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(TENANTS).map_err(storage_err)?;
+                let old: Option<Tenant> = t
+                    .get(tenant.id.as_str())
+                    .map_err(storage_err)?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?;
+                let Some(old) = old else {
+                    return Err(Error::not_found("tenant_not_found", "no such tenant"));
+                };
+                t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice()).map_err(storage_err)?;
+                if old.api_key_hash != tenant.api_key_hash {
+                    let mut k = txn.open_table(API_KEYS).map_err(storage_err)?;
+                    k.remove(old.api_key_hash.as_str()).map_err(storage_err)?;
+                    k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes()).map_err(storage_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(TENANTS).map_err(storage_err)?;
+        let v = t.get(id).map_err(storage_err)?;
+        v.map(|v| from_json(v.value())).transpose()
+    }
+
+    async fn tenant_by_api_key_hash(&self, hash: &str) -> Result<Option<Tenant>> {
+        let id = {
+            let r = self.engine.read()?;
+            let t = r.open_table(API_KEYS).map_err(storage_err)?;
+            let v = t.get(hash).map_err(storage_err)?;
+            v.map(|v| String::from_utf8_lossy(v.value()).into_owned())
+        };
+        match id {
+            Some(id) => self.tenant(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn upsert_user(&self, tenant: &str, user: &str, profile: &UserProfile) -> Result<()> {
+        let (tenant, user, profile) = (tenant.to_string(), user.to_string(), profile.clone());
+        self.engine
+            .write(move |txn| {
+                let mut users = txn.open_table(USERS).map_err(storage_err)?;
+                let old: UserProfile = match users.get((tenant.as_str(), user.as_str())).map_err(storage_err)? {
+                    Some(v) => from_json(v.value())?,
+                    None => UserProfile::default(),
+                };
+                users
+                    .insert((tenant.as_str(), user.as_str()), to_json(&profile)?.as_slice())
+                    .map_err(storage_err)?;
+                let mut tags = txn.open_table(TAGS).map_err(storage_err)?;
+                for tag in &old.tags {
+                    tags.remove((tenant.as_str(), tag.as_str(), user.as_str())).map_err(storage_err)?;
+                }
+                for tag in &profile.tags {
+                    tags.insert((tenant.as_str(), tag.as_str(), user.as_str()), 1).map_err(storage_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn user(&self, tenant: &str, user: &str) -> Result<Option<UserProfile>> {
+        self.get2(USERS, tenant, user)
+    }
+
+    async fn touch_users(&self, tenant: &str, users: &[String]) -> Result<()> {
+        // skip the write when every user is known already (the common case)
+        let missing: Vec<String> = {
+            let r = self.engine.read()?;
+            let t = r.open_table(USERS).map_err(storage_err)?;
+            let mut m = Vec::new();
+            for u in users {
+                if t.get((tenant, u.as_str())).map_err(storage_err)?.is_none() {
+                    m.push(u.clone());
+                }
+            }
+            m
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let tenant = tenant.to_string();
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(USERS).map_err(storage_err)?;
+                for u in &missing {
+                    touch_in(&mut t, &tenant, u)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn users(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(USERS).map_err(storage_err)?;
+        let start = after.unwrap_or("");
+        let mut items = Vec::new();
+        let mut more = false;
+        for row in t.range((tenant, start)..).map_err(storage_err)? {
+            let (k, _) = row.map_err(storage_err)?;
+            let (kt, ku) = k.value();
+            if kt != tenant {
+                break;
+            }
+            if after.is_some() && ku == start {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(ku.to_string());
+        }
+        let next = if more { items.last().cloned() } else { None };
+        Ok(Page { items, next })
+    }
+
+    async fn users_tagged(&self, tenant: &str, tag: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+        self.page3(TAGS, tenant, tag, after, limit)
+    }
+
+    async fn subscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<()> {
+        let (tenant, topic, user) = (tenant.to_string(), topic.to_string(), user.to_string());
+        self.engine
+            .write(move |txn| {
+                let mut s = txn.open_table(SUBS).map_err(storage_err)?;
+                s.insert((tenant.as_str(), topic.as_str(), user.as_str()), 1).map_err(storage_err)?;
+                let mut us = txn.open_table(USER_SUBS).map_err(storage_err)?;
+                us.insert((tenant.as_str(), user.as_str(), topic.as_str()), 1).map_err(storage_err)?;
+                let mut users = txn.open_table(USERS).map_err(storage_err)?;
+                touch_in(&mut users, &tenant, &user)
+            })
+            .await
+    }
+
+    async fn unsubscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<bool> {
+        let (tenant, topic, user) = (tenant.to_string(), topic.to_string(), user.to_string());
+        self.engine
+            .write(move |txn| {
+                let mut s = txn.open_table(SUBS).map_err(storage_err)?;
+                let was = s.remove((tenant.as_str(), topic.as_str(), user.as_str())).map_err(storage_err)?.is_some();
+                let mut us = txn.open_table(USER_SUBS).map_err(storage_err)?;
+                us.remove((tenant.as_str(), user.as_str(), topic.as_str())).map_err(storage_err)?;
+                Ok(was)
+            })
+            .await
+    }
+
+    async fn subscribers(&self, tenant: &str, topic: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+        self.page3(SUBS, tenant, topic, after, limit)
+    }
+
+    async fn subscriptions(&self, tenant: &str, user: &str) -> Result<Vec<String>> {
+        Ok(self.page3(USER_SUBS, tenant, user, None, usize::MAX)?.items)
+    }
+
+    async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<()> {
+        let (tenant, key, raw) = (tenant.to_string(), key.to_string(), to_json(template)?);
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(TEMPLATES).map_err(storage_err)?;
+                t.insert((tenant.as_str(), key.as_str()), raw.as_slice()).map_err(storage_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>> {
+        self.get2(TEMPLATES, tenant, key)
+    }
+
+    async fn claim_idempotency(&self, tenant: &str, key: &str, message_id: &str, now_ms: i64, ttl_ms: i64) -> Result<Claim> {
+        let (tenant, key, id) = (tenant.to_string(), key.to_string(), message_id.to_string());
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
+                let existing: Option<(String, i64)> = t
+                    .get((tenant.as_str(), key.as_str()))
+                    .map_err(storage_err)?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?;
+                if let Some((prev, at)) = existing {
+                    if now_ms - at < ttl_ms {
+                        return Ok(Claim::Existing(prev));
+                    }
+                }
+                t.insert((tenant.as_str(), key.as_str()), to_json(&(id, now_ms))?.as_slice())
+                    .map_err(storage_err)?;
+                Ok(Claim::New)
+            })
+            .await
+    }
+
+    async fn release_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()> {
+        let (tenant, key, id) = (tenant.to_string(), key.to_string(), message_id.to_string());
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
+                let existing: Option<(String, i64)> = t
+                    .get((tenant.as_str(), key.as_str()))
+                    .map_err(storage_err)?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?;
+                if existing.is_some_and(|(prev, _)| prev == id) {
+                    t.remove((tenant.as_str(), key.as_str())).map_err(storage_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()> {
+        let rows: Vec<(String, String, Vec<u8>)> = messages
+            .iter()
+            .map(|m| Ok((m.tenant_id.clone(), m.message_id.clone(), to_json(m)?)))
+            .collect::<Result<_>>()?;
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(MESSAGES).map_err(storage_err)?;
+                for (tenant, id, raw) in &rows {
+                    t.insert((tenant.as_str(), id.as_str()), raw.as_slice()).map_err(storage_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>> {
+        self.get2(MESSAGES, tenant, message_id)
+    }
+
+    async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>> {
+        let rows = rows.to_vec();
+        self.engine
+            .write(move |txn| {
+                let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
+                let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
+                let mut seqs = txn.open_table(USER_SEQ).map_err(storage_err)?;
+                let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
+                let mut users = txn.open_table(USERS).map_err(storage_err)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let (t, u, id) = (row.tenant_id.as_str(), row.user_id.as_str(), row.item.message_id.as_str());
+                    if let Some(seq) = idx.get((t, u, id)).map_err(storage_err)?.map(|v| v.value()) {
+                        out.push(AppendedRow { seq, fresh: false });
+                        continue;
+                    }
+                    let seq = seqs.get((t, u)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0) + 1;
+                    seqs.insert((t, u), seq).map_err(storage_err)?;
+                    let mut item = row.item.clone();
+                    item.seq = seq;
+                    item.status = InboxStatus::Unread;
+                    inbox.insert((t, u, seq), to_json(&item)?.as_slice()).map_err(storage_err)?;
+                    idx.insert((t, u, id), seq).map_err(storage_err)?;
+                    let n = unread.get((t, u)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0);
+                    unread.insert((t, u), n + 1).map_err(storage_err)?;
+                    touch_in(&mut users, t, u)?;
+                    out.push(AppendedRow { seq, fresh: true });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn inbox_page(&self, tenant: &str, user: &str, before: Option<u64>, limit: usize) -> Result<Vec<InboxItem>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(INBOX).map_err(storage_err)?;
+        let end = before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for row in t.range((tenant, user, 0)..(tenant, user, end)).map_err(storage_err)?.rev() {
+            let (_, v) = row.map_err(storage_err)?;
+            let item: InboxItem = from_json(v.value())?;
+            if item.status == InboxStatus::Deleted {
+                continue;
+            }
+            out.push(item);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inbox_after(&self, tenant: &str, user: &str, after: u64, unread_only: bool, limit: usize) -> Result<Vec<InboxItem>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(INBOX).map_err(storage_err)?;
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for row in t.range((tenant, user, after + 1)..=(tenant, user, u64::MAX)).map_err(storage_err)? {
+            let (_, v) = row.map_err(storage_err)?;
+            let item: InboxItem = from_json(v.value())?;
+            if item.status == InboxStatus::Deleted || (unread_only && !item.status.is_unread()) {
+                continue;
+            }
+            out.push(item);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inbox_seq(&self, tenant: &str, user: &str, message_id: &str) -> Result<Option<u64>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(INBOX_INDEX).map_err(storage_err)?;
+        let v = t.get((tenant, user, message_id)).map_err(storage_err)?;
+        Ok(v.map(|v| v.value()))
+    }
+
+    async fn unread_count(&self, tenant: &str, user: &str) -> Result<u64> {
+        let r = self.engine.read()?;
+        let t = r.open_table(UNREAD).map_err(storage_err)?;
+        let v = t.get((tenant, user)).map_err(storage_err)?;
+        Ok(v.map(|v| v.value()).unwrap_or(0))
+    }
+
+    async fn set_inbox_status(&self, tenant: &str, user: &str, ids: &[String], status: InboxStatus) -> Result<Vec<String>> {
+        let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
+        self.engine
+            .write(move |txn| set_inbox_status_in(txn, &tenant, &user, &ids, status))
+            .await
+    }
+
+    async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64> {
+        let ids: Vec<String> = {
+            let mut ids = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self.inbox_after(tenant, user, after, true, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                ids.extend(page.into_iter().map(|i| i.message_id));
+            }
+            ids
+        };
+        let changed = self.set_inbox_status(tenant, user, &ids, InboxStatus::Read).await?;
+        Ok(changed.len() as u64)
+    }
+
+    async fn put_delivery_status(&self, tenant: &str, message_id: &str, statuses: &[DeliveryStatus]) -> Result<()> {
+        let (tenant, id, statuses) = (tenant.to_string(), message_id.to_string(), statuses.to_vec());
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(STATUS).map_err(storage_err)?;
+                for s in &statuses {
+                    let key = (tenant.as_str(), id.as_str(), s.user_id.as_str(), s.channel.as_str());
+                    let old: Option<DeliveryStatus> =
+                        t.get(key).map_err(storage_err)?.map(|v| from_json(v.value())).transpose()?;
+                    if old.is_some_and(|o| delivery_rank(o.state) > delivery_rank(s.state)) {
+                        continue;
+                    }
+                    t.insert(key, to_json(s)?.as_slice()).map_err(storage_err)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(STATUS).map_err(storage_err)?;
+        let mut out = Vec::new();
+        for row in t.range((tenant, message_id, "", "")..).map_err(storage_err)? {
+            let (k, v) = row.map_err(storage_err)?;
+            let (kt, km, _, _) = k.value();
+            if kt != tenant || km != message_id {
+                break;
+            }
+            out.push(from_json(v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn dlq_put(&self, entry: &DlqEntry) -> Result<()> {
+        let (tenant, id, raw) = (entry.tenant_id.clone(), entry.id.clone(), to_json(entry)?);
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(DLQ).map_err(storage_err)?;
+                t.insert((tenant.as_str(), id.as_str()), raw.as_slice()).map_err(storage_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn dlq_list(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<DlqEntry>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(DLQ).map_err(storage_err)?;
+        let start = after.unwrap_or("");
+        let mut out = Vec::new();
+        for row in t.range((tenant, start)..).map_err(storage_err)? {
+            let (k, v) = row.map_err(storage_err)?;
+            let (kt, kid) = k.value();
+            if kt != tenant || out.len() >= limit {
+                break;
+            }
+            if after.is_some() && kid == start {
+                continue;
+            }
+            out.push(from_json(v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(DLQ).map_err(storage_err)?;
+                let v = t.remove((tenant.as_str(), id.as_str())).map_err(storage_err)?;
+                v.map(|v| from_json(v.value())).transpose()
+            })
+            .await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.engine.read().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        tidings_core::conformance::store_conformance(&store, "c").await;
+    }
+}
