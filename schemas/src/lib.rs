@@ -1,1 +1,439 @@
-//! placeholder
+//! The Avro records tidings carries on its bus, and their Confluent wire format
+//! (magic byte 0, 4-byte big-endian schema id, Avro binary body).
+//!
+//! - `avro/*.avsc`: the schemas; `manifest.json` pins their ids when no registry is used
+//! - [`Codec`]: encode and decode [`NotificationRequest`], [`Delivery`], [`DeliveryEvent`]
+//!
+//! The embedded bus carries exactly the bytes the Kafka bus will.
+
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, to_avro_datum, Schema};
+use std::sync::OnceLock;
+use tidings_core::model::*;
+use tidings_core::{Error, Result};
+
+pub const NOTIFICATION_REQUEST_AVSC: &str = include_str!("../avro/NotificationRequest.avsc");
+pub const DELIVERY_AVSC: &str = include_str!("../avro/Delivery.avsc");
+pub const DELIVERY_EVENT_AVSC: &str = include_str!("../avro/DeliveryEvent.avsc");
+pub const MANIFEST: &str = include_str!("../manifest.json");
+
+/// One schema with its pinned id and subject suffix.
+#[derive(Debug)]
+pub struct SchemaInfo {
+    pub name: &'static str,
+    pub id: u32,
+    /// Subject under the topic-name strategy, without the `<prefix>.` head.
+    pub subject: &'static str,
+    pub text: &'static str,
+    pub schema: Schema,
+}
+
+/// The three schemas, parsed once.
+pub struct Codec {
+    pub request: SchemaInfo,
+    pub delivery: SchemaInfo,
+    pub event: SchemaInfo,
+}
+
+/// The process-wide codec with the ids of `manifest.json`.
+pub fn codec() -> &'static Codec {
+    static CODEC: OnceLock<Codec> = OnceLock::new();
+    CODEC.get_or_init(|| {
+        let manifest: serde_json::Value = serde_json::from_str(MANIFEST).expect("manifest.json parses");
+        let id_of = |name: &str| -> u32 {
+            manifest["schemas"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == name))
+                .and_then(|s| s["id"].as_u64())
+                .expect("every schema is in manifest.json") as u32
+        };
+        let info = |name: &'static str, subject: &'static str, text: &'static str| SchemaInfo {
+            name,
+            id: id_of(name),
+            subject,
+            text,
+            schema: Schema::parse_str(text).expect("bundled schemas parse"),
+        };
+        Codec {
+            request: info("NotificationRequest", "ingest-value", NOTIFICATION_REQUEST_AVSC),
+            delivery: info("Delivery", "deliveries-value", DELIVERY_AVSC),
+            event: info("DeliveryEvent", "events-value", DELIVERY_EVENT_AVSC),
+        }
+    })
+}
+
+fn bad(m: impl Into<String>) -> Error {
+    Error::invalid("invalid_record", m)
+}
+
+/// Frame an Avro body in the Confluent wire format.
+pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(0);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Split a Confluent-framed record into schema id and body.
+pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8])> {
+    if bytes.len() < 5 {
+        return Err(bad(format!("record of {} bytes is shorter than the 5-byte header", bytes.len())));
+    }
+    if bytes[0] != 0 {
+        return Err(bad(format!("unknown magic byte {}", bytes[0])));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Ok((id, &bytes[5..]))
+}
+
+fn encode(info: &SchemaInfo, value: Value) -> Vec<u8> {
+    let body = to_avro_datum(&info.schema, value).expect("records built here match their schema");
+    frame(info.id, &body)
+}
+
+fn decode(info: &SchemaInfo, bytes: &[u8]) -> Result<Vec<(String, Value)>> {
+    let (id, mut body) = unframe(bytes)?;
+    if id != info.id {
+        return Err(bad(format!("schema id {id} is not {} ({})", info.id, info.name)));
+    }
+    match from_avro_datum(&info.schema, &mut body, None) {
+        Ok(Value::Record(fields)) => {
+            if !body.is_empty() {
+                return Err(bad(format!("{} trailing bytes after the record", body.len())));
+            }
+            Ok(fields)
+        }
+        Ok(_) => Err(bad("not a record")),
+        Err(e) => Err(bad(format!("undecodable {}: {e}", info.name))),
+    }
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+fn opt_s(v: &Option<String>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(x) => Value::Union(1, Box::new(s(x))),
+    }
+}
+
+fn opt_l(v: Option<i64>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(x) => Value::Union(1, Box::new(Value::Long(x))),
+    }
+}
+
+fn arr(v: &[String]) -> Value {
+    Value::Array(v.iter().map(|x| s(x)).collect())
+}
+
+fn prio(p: Priority) -> Value {
+    Value::Enum(p.index() as u32, p.as_str().to_string())
+}
+
+fn rec(fields: Vec<(&str, Value)>) -> Value {
+    Value::Record(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// Typed access to a decoded record's fields.
+struct Fields(Vec<(String, Value)>);
+
+impl Fields {
+    fn get(&self, name: &str) -> Result<&Value> {
+        let v = self
+            .0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| bad(format!("field `{name}` missing")))?;
+        Ok(match v {
+            Value::Union(_, inner) => inner,
+            other => other,
+        })
+    }
+    fn str(&self, name: &str) -> Result<String> {
+        match self.get(name)? {
+            Value::String(x) | Value::Enum(_, x) => Ok(x.clone()),
+            _ => Err(bad(format!("field `{name}` is not a string"))),
+        }
+    }
+    fn opt_str(&self, name: &str) -> Result<Option<String>> {
+        match self.get(name)? {
+            Value::Null => Ok(None),
+            Value::String(x) => Ok(Some(x.clone())),
+            _ => Err(bad(format!("field `{name}` is not a string"))),
+        }
+    }
+    fn long(&self, name: &str) -> Result<i64> {
+        match self.get(name)? {
+            Value::Long(x) => Ok(*x),
+            Value::Int(x) => Ok(*x as i64),
+            _ => Err(bad(format!("field `{name}` is not a number"))),
+        }
+    }
+    fn opt_long(&self, name: &str) -> Result<Option<i64>> {
+        match self.get(name)? {
+            Value::Null => Ok(None),
+            _ => self.long(name).map(Some),
+        }
+    }
+    fn strs(&self, name: &str) -> Result<Vec<String>> {
+        match self.get(name)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(x) => Ok(x.clone()),
+                    _ => Err(bad(format!("field `{name}` holds a non-string"))),
+                })
+                .collect(),
+            _ => Err(bad(format!("field `{name}` is not an array"))),
+        }
+    }
+    fn json(&self, name: &str) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.str(name)?).map_err(|e| bad(format!("field `{name}` is not JSON: {e}")))
+    }
+    fn priority(&self) -> Result<Priority> {
+        self.str("priority")?.parse().map_err(bad)
+    }
+    fn channel(&self) -> Result<Channel> {
+        self.str("channel")?.parse().map_err(bad)
+    }
+}
+
+impl Codec {
+    pub fn encode_request(&self, r: &NotificationRequest) -> Vec<u8> {
+        let channels: Vec<String> = r.channels.iter().map(|c| c.as_str().to_string()).collect();
+        encode(
+            &self.request,
+            rec(vec![
+                ("message_id", opt_s(&Some(r.message_id.clone()).filter(|m| !m.is_empty()))),
+                ("tenant_id", s(&r.tenant_id)),
+                ("to_users", arr(&r.to.users)),
+                ("to_topics", arr(&r.to.topics)),
+                ("to_tags", arr(&r.to.tags)),
+                ("broadcast", Value::Boolean(r.to.broadcast)),
+                ("template", opt_s(&r.template)),
+                ("data_json", s(&r.data.to_string())),
+                ("locale", opt_s(&r.locale)),
+                ("title", opt_s(&r.title)),
+                ("body", opt_s(&r.body)),
+                ("priority", prio(r.priority)),
+                ("category", opt_s(&r.category)),
+                ("channels", arr(&channels)),
+                ("idempotency_key", opt_s(&r.idempotency_key)),
+                ("ttl_seconds", opt_l(r.ttl_seconds)),
+                ("send_at_ms", opt_l(r.send_at_ms)),
+                ("accepted_at_ms", Value::Long(r.accepted_at_ms)),
+            ]),
+        )
+    }
+
+    pub fn decode_request(&self, bytes: &[u8]) -> Result<NotificationRequest> {
+        let f = Fields(decode(&self.request, bytes)?);
+        Ok(NotificationRequest {
+            message_id: f.opt_str("message_id")?.unwrap_or_default(),
+            tenant_id: f.str("tenant_id")?,
+            to: Recipients {
+                users: f.strs("to_users")?,
+                topics: f.strs("to_topics")?,
+                tags: f.strs("to_tags")?,
+                broadcast: matches!(f.get("broadcast")?, Value::Boolean(true)),
+            },
+            template: f.opt_str("template")?,
+            data: f.json("data_json")?,
+            locale: f.opt_str("locale")?,
+            title: f.opt_str("title")?,
+            body: f.opt_str("body")?,
+            priority: f.priority()?,
+            category: f.opt_str("category")?,
+            channels: f
+                .strs("channels")?
+                .iter()
+                .map(|c| c.parse().map_err(bad))
+                .collect::<Result<_>>()?,
+            idempotency_key: f.opt_str("idempotency_key")?,
+            ttl_seconds: f.opt_long("ttl_seconds")?,
+            send_at_ms: f.opt_long("send_at_ms")?,
+            accepted_at_ms: f.long("accepted_at_ms")?,
+        })
+    }
+
+    pub fn encode_delivery(&self, d: &Delivery) -> Vec<u8> {
+        encode(
+            &self.delivery,
+            rec(vec![
+                ("tenant_id", s(&d.tenant_id)),
+                ("message_id", s(&d.message_id)),
+                ("user_id", s(&d.user_id)),
+                ("channel", s(d.channel.as_str())),
+                ("seq", Value::Long(d.seq as i64)),
+                ("priority", prio(d.priority)),
+                ("category", opt_s(&d.category)),
+                ("title", s(&d.title)),
+                ("body", s(&d.body)),
+                ("data_json", s(&d.data.to_string())),
+                ("payload", opt_s(&d.payload)),
+                ("created_at_ms", Value::Long(d.created_at_ms)),
+                ("accepted_at_ms", Value::Long(d.accepted_at_ms)),
+                ("attempt", Value::Int(d.attempt as i32)),
+                ("due_at_ms", Value::Long(d.due_at_ms)),
+                ("last_error", opt_s(&d.last_error)),
+            ]),
+        )
+    }
+
+    pub fn decode_delivery(&self, bytes: &[u8]) -> Result<Delivery> {
+        let f = Fields(decode(&self.delivery, bytes)?);
+        Ok(Delivery {
+            tenant_id: f.str("tenant_id")?,
+            message_id: f.str("message_id")?,
+            user_id: f.str("user_id")?,
+            channel: f.channel()?,
+            seq: f.long("seq")? as u64,
+            priority: f.priority()?,
+            category: f.opt_str("category")?,
+            title: f.str("title")?,
+            body: f.str("body")?,
+            data: f.json("data_json")?,
+            payload: f.opt_str("payload")?,
+            created_at_ms: f.long("created_at_ms")?,
+            accepted_at_ms: f.long("accepted_at_ms")?,
+            attempt: f.long("attempt")? as u32,
+            due_at_ms: f.long("due_at_ms")?,
+            last_error: f.opt_str("last_error")?,
+        })
+    }
+
+    pub fn encode_event(&self, e: &DeliveryEvent) -> Vec<u8> {
+        let kind = match e.kind {
+            EventKind::Delivered => 0,
+            EventKind::Read => 1,
+            EventKind::Failed => 2,
+            EventKind::Retrying => 3,
+        };
+        encode(
+            &self.event,
+            rec(vec![
+                ("tenant_id", s(&e.tenant_id)),
+                ("message_id", s(&e.message_id)),
+                ("user_id", s(&e.user_id)),
+                ("channel", s(e.channel.as_str())),
+                ("kind", Value::Enum(kind, e.kind.as_str().to_string())),
+                ("at_ms", Value::Long(e.at_ms)),
+                ("error", opt_s(&e.error)),
+            ]),
+        )
+    }
+
+    pub fn decode_event(&self, bytes: &[u8]) -> Result<DeliveryEvent> {
+        let f = Fields(decode(&self.event, bytes)?);
+        let kind = match f.str("kind")?.as_str() {
+            "delivered" => EventKind::Delivered,
+            "read" => EventKind::Read,
+            "failed" => EventKind::Failed,
+            "retrying" => EventKind::Retrying,
+            other => return Err(bad(format!("unknown event kind `{other}`"))),
+        };
+        Ok(DeliveryEvent {
+            tenant_id: f.str("tenant_id")?,
+            message_id: f.str("message_id")?,
+            user_id: f.str("user_id")?,
+            channel: f.channel()?,
+            kind,
+            at_ms: f.long("at_ms")?,
+            error: f.opt_str("error")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_priority() -> impl Strategy<Value = Priority> {
+        prop::sample::select(Priority::ALL.to_vec())
+    }
+
+    fn opt_string() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(".{0,20}")
+    }
+
+    prop_compose! {
+        fn any_request()(
+            id in "[a-f0-9-]{1,36}", tenant in "[a-z0-9]{1,12}",
+            users in prop::collection::vec("[a-z0-9]{1,8}", 0..5),
+            topics in prop::collection::vec(".{0,8}", 0..3),
+            broadcast in any::<bool>(), template in opt_string(), title in opt_string(),
+            body in opt_string(), priority in any_priority(), key in opt_string(),
+            ttl in prop::option::of(any::<i64>()), send_at in prop::option::of(any::<i64>()),
+            accepted in any::<i64>(), n in any::<i32>(), webhook in any::<bool>(),
+        ) -> NotificationRequest {
+            NotificationRequest {
+                message_id: id, tenant_id: tenant,
+                to: Recipients { users, topics, tags: vec![], broadcast },
+                template, data: serde_json::json!({"n": n}), locale: None, title, body, priority,
+                category: Some("c".into()),
+                channels: if webhook { vec![Channel::Inapp, Channel::Webhook] } else { vec![] },
+                idempotency_key: key, ttl_seconds: ttl, send_at_ms: send_at, accepted_at_ms: accepted,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn request_round_trips(r in any_request()) {
+            let c = codec();
+            let bytes = c.encode_request(&r);
+            prop_assert_eq!(bytes[0], 0);
+            prop_assert_eq!(c.decode_request(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn delivery_round_trips(
+            user in ".{0,10}", seq in 0u64..u64::MAX / 2, p in any_priority(),
+            title in ".{0,30}", payload in opt_string(), attempt in 0u32..100, err in opt_string(),
+        ) {
+            let d = Delivery {
+                tenant_id: "t".into(), message_id: "m".into(), user_id: user, channel: Channel::Webhook,
+                seq, priority: p, category: None, title, body: "b".into(),
+                data: serde_json::json!({"a": [1, 2]}), payload, created_at_ms: 1, accepted_at_ms: 2,
+                attempt, due_at_ms: 3, last_error: err,
+            };
+            let c = codec();
+            prop_assert_eq!(c.decode_delivery(&c.encode_delivery(&d)).unwrap(), d);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let c = codec();
+            let _ = c.decode_request(&bytes);
+            let _ = c.decode_delivery(&bytes);
+            let _ = c.decode_event(&bytes);
+        }
+    }
+
+    #[test]
+    fn event_round_trips_and_framing_is_checked() {
+        let c = codec();
+        let e = DeliveryEvent {
+            tenant_id: "t".into(),
+            message_id: "m".into(),
+            user_id: "u".into(),
+            channel: Channel::Inapp,
+            kind: EventKind::Read,
+            at_ms: 9,
+            error: None,
+        };
+        let bytes = c.encode_event(&e);
+        assert_eq!(&bytes[1..5], &3u32.to_be_bytes());
+        assert_eq!(c.decode_event(&bytes).unwrap(), e);
+        assert_eq!(c.decode_delivery(&bytes).unwrap_err().code, "invalid_record");
+        assert!(unframe(&[1, 0, 0, 0, 1]).is_err());
+        assert!(unframe(&[0, 0]).is_err());
+    }
+}
