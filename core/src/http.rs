@@ -60,3 +60,45 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], limit: usize) -> 
         }
     })
 }
+
+/// Parse a JSON body taken with `Result<Bytes, BytesRejection>`, mapping the extractor's own
+/// rejection (over axum's body limit) to `payload_too_large`.
+pub fn body_json<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<T, Error> {
+    match body {
+        Ok(b) => parse_json(&b, limit),
+        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(Error::new(
+            ErrorKind::TooLarge,
+            "payload_too_large",
+            format!("body is over the limit of {limit} bytes"),
+        )),
+        Err(rej) => Err(Error::invalid("invalid_request", rej.body_text())),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The tenant an API key belongs to (`auth_missing` / `auth_invalid_key` otherwise).
+pub async fn tenant_of(
+    store: &dyn crate::store::Store,
+    headers: &axum::http::HeaderMap,
+) -> Result<crate::model::Tenant, Error> {
+    let key = bearer(headers).ok_or_else(|| {
+        Error::unauthorized("auth_missing", "send the tenant API key as `Authorization: Bearer <key>`")
+    })?;
+    store
+        .tenant_by_api_key_hash(&crate::auth::hash_api_key(key))
+        .await?
+        .ok_or_else(|| Error::unauthorized("auth_invalid_key", "unknown API key"))
+}

@@ -21,3 +21,55 @@ pub mod store;
 pub mod template;
 
 pub use error::{Error, ErrorKind, Result};
+
+use std::sync::Arc;
+
+/// The ports and configuration a stage runs with. Stages see only the traits, never which
+/// backend is behind them.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<config::Config>,
+    pub bus: Arc<dyn bus::Bus>,
+    pub store: Arc<dyn store::Store>,
+    pub presence: Arc<dyn presence::Presence>,
+}
+
+impl Context {
+    /// `<prefix>.requests.<priority>`
+    pub fn requests_topic(&self, p: model::Priority) -> String {
+        self.config.topic(&format!("requests.{}", p.as_str()))
+    }
+
+    /// `<prefix>.deliveries.<channel>`
+    pub fn deliveries_topic(&self, c: model::Channel) -> String {
+        self.config.topic(&format!("deliveries.{}", c.as_str()))
+    }
+
+    /// `<prefix>.retry.<tier>`
+    pub fn retry_topic(&self, tier: &str) -> String {
+        self.config.topic(&format!("retry.{tier}"))
+    }
+
+    pub fn events_topic(&self) -> String {
+        self.config.topic("events")
+    }
+
+    pub fn dlq_topic(&self) -> String {
+        self.config.topic("dlq")
+    }
+
+    /// Every topic the pipeline uses, for `migrate` and start-up.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = model::Priority::ALL.iter().map(|p| self.requests_topic(*p)).collect();
+        t.extend(model::Channel::ALL.iter().map(|c| self.deliveries_topic(*c)));
+        t.extend(RETRY_TIERS.iter().map(|tier| self.retry_topic(tier)));
+        t.push(self.events_topic());
+        t.push(self.dlq_topic());
+        t.push(self.config.topic("ingest"));
+        t
+    }
+}
+
+/// Retry tiers: `short` holds deliveries due within [`SHORT_TIER_MS`], `long` the rest.
+pub const RETRY_TIERS: [&str; 2] = ["short", "long"];
+pub const SHORT_TIER_MS: u64 = 10_000;

@@ -1,0 +1,275 @@
+//! The producer and admin HTTP API. Every handler answers JSON; errors are
+//! `{"error": {"code", "message"}}` with stable codes.
+
+use crate::send::{accept, validate, SendBody};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tidings_core::auth::{hash_api_key, random_token, secrets_equal};
+use tidings_core::http::{bearer, body_json, tenant_of, ApiError, ApiResult};
+use tidings_core::model::*;
+use tidings_core::{bus::OutRecord, template, Context, Error, ErrorKind};
+
+/// The routes ingest serves.
+pub fn routes(ctx: Context) -> Router {
+    // axum's own limit sits above ours so that `body_json` can answer with the stable code
+    let limit = ctx.config.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/admin/tenants", post(create_tenant))
+        .route("/v1/webhook", put(set_webhook))
+        .route("/v1/messages", post(send))
+        .route("/v1/messages/{id}", get(message))
+        .route("/v1/users/{user}", put(put_user).get(get_user))
+        .route("/v1/topics/{topic}/subscribers/{user}", put(subscribe).delete(unsubscribe))
+        .route("/v1/templates/{key}", put(put_template).get(get_template))
+        .route("/v1/templates/{key}/preview", post(preview))
+        .route("/v1/dlq", get(dlq_list))
+        .route("/v1/dlq/{id}/replay", post(dlq_replay))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ctx)
+}
+
+fn limit(ctx: &Context) -> usize {
+    ctx.config.limits.max_body_bytes
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    webhook_url: Option<String>,
+}
+
+fn check_url(url: &str) -> Result<(), Error> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+        return Err(Error::invalid("invalid_url", "webhook_url: must be an http(s) URL"));
+    }
+    Ok(())
+}
+
+async fn create_tenant(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let admin = &ctx.config.admin_token.0;
+    if admin.is_empty() {
+        return Err(Error::new(ErrorKind::Forbidden, "admin_disabled", "set TIDINGS_ADMIN_TOKEN to enable the admin API").into());
+    }
+    match bearer(&headers) {
+        Some(t) if secrets_equal(t, admin) => {}
+        Some(_) => return Err(Error::unauthorized("auth_invalid_admin_token", "wrong admin token").into()),
+        None => return Err(Error::unauthorized("auth_missing", "send the admin token as `Authorization: Bearer <token>`").into()),
+    }
+    let req: NewTenant = match body {
+        Ok(b) if b.is_empty() => NewTenant::default(),
+        other => body_json(other, limit(&ctx))?,
+    };
+    if let Some(u) = &req.webhook_url {
+        check_url(u)?;
+    }
+    let api_key = random_token("tk_");
+    let tenant = Tenant {
+        id: new_message_id(),
+        name: req.name,
+        api_key_hash: hash_api_key(&api_key),
+        jwt_secret: random_token("js_"),
+        webhook_url: req.webhook_url,
+        webhook_secret: random_token("whs_"),
+        created_at_ms: now_ms(),
+    };
+    ctx.store.create_tenant(&tenant).await?;
+    tracing::info!(tenant = %tenant.id, "tenant created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "tenant_id": tenant.id, "name": tenant.name, "api_key": api_key,
+            "jwt_secret": tenant.jwt_secret, "webhook_url": tenant.webhook_url,
+            "webhook_secret": tenant.webhook_secret,
+        })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookBody {
+    url: Option<String>,
+}
+
+async fn set_webhook(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let mut tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let req: WebhookBody = body_json(body, limit(&ctx))?;
+    if let Some(u) = &req.url {
+        check_url(u)?;
+    }
+    tenant.webhook_url = req.url;
+    ctx.store.update_tenant(&tenant).await?;
+    Ok(Json(json!({"url": tenant.webhook_url, "secret": tenant.webhook_secret})))
+}
+
+async fn send(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let result = async {
+        let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+        let body: SendBody = body_json(body, limit(&ctx))?;
+        let req = validate(&ctx, &tenant, body).await?;
+        accept(&ctx, req).await
+    }
+    .await;
+    match result {
+        Ok(a) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"message_id": a.message_id, "duplicate": a.duplicate})),
+        )),
+        Err(e) => {
+            if !e.is_retriable() {
+                metrics::counter!(tidings_core::metrics_names::INGEST_REQUESTS_TOTAL, "priority" => "unknown", "outcome" => "rejected").increment(1);
+            }
+            tracing::debug!(code = e.code, "send refused");
+            Err(e.into())
+        }
+    }
+}
+
+async fn message(State(ctx): State<Context>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let m = ctx
+        .store
+        .message(&tenant.id, &id)
+        .await?
+        .ok_or_else(|| Error::not_found("message_not_found", format!("no routed message `{id}`")))?;
+    let statuses = ctx.store.delivery_status(&tenant.id, &id).await?;
+    let recipients: Vec<Value> = statuses
+        .iter()
+        .map(|s| {
+            json!({"user": s.user_id, "channel": s.channel, "status": s.state, "attempts": s.attempts,
+                   "last_error": s.last_error, "updated_at": rfc3339(s.updated_at_ms)})
+        })
+        .collect();
+    Ok(Json(json!({
+        "message_id": m.message_id, "priority": m.priority, "category": m.category,
+        "template": m.template, "title": m.title, "body": m.body, "data": m.data,
+        "channels": m.channels, "created_at": rfc3339(m.created_at_ms), "recipients": recipients,
+    })))
+}
+
+async fn put_user(State(ctx): State<Context>, headers: HeaderMap, Path(user): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let profile: UserProfile = body_json(body, limit(&ctx))?;
+    ctx.store.upsert_user(&tenant.id, &user, &profile).await?;
+    Ok(Json(json!({"user": user, "profile": profile})))
+}
+
+async fn get_user(State(ctx): State<Context>, headers: HeaderMap, Path(user): Path<String>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let profile = ctx
+        .store
+        .user(&tenant.id, &user)
+        .await?
+        .ok_or_else(|| Error::not_found("user_not_found", format!("user `{user}` is not known")))?;
+    let topics = ctx.store.subscriptions(&tenant.id, &user).await?;
+    Ok(Json(json!({"user": user, "profile": profile, "topics": topics})))
+}
+
+async fn subscribe(State(ctx): State<Context>, headers: HeaderMap, Path((topic, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    ctx.store.subscribe(&tenant.id, &topic, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unsubscribe(State(ctx): State<Context>, headers: HeaderMap, Path((topic, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    if ctx.store.unsubscribe(&tenant.id, &topic, &user).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::not_found("subscription_not_found", "the user is not subscribed to that topic").into())
+    }
+}
+
+async fn put_template(State(ctx): State<Context>, headers: HeaderMap, Path(key): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tpl: Template = body_json(body, limit(&ctx))?;
+    template::check(&tpl)?;
+    ctx.store.put_template(&tenant.id, &key, &tpl).await?;
+    Ok(Json(json!({"key": key, "template": tpl})))
+}
+
+async fn get_template(State(ctx): State<Context>, headers: HeaderMap, Path(key): Path<String>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| Error::not_found("template_not_found", format!("template `{key}` does not exist")))?;
+    Ok(Json(json!({"key": key, "template": tpl})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    locale: Option<String>,
+}
+
+async fn preview(State(ctx): State<Context>, headers: HeaderMap, Path(key): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let req: PreviewBody = body_json(body, limit(&ctx))?;
+    let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| Error::not_found("template_not_found", format!("template `{key}` does not exist")))?;
+    let data = req.data.unwrap_or(json!({}));
+    let r = template::render(&tpl, &data, req.locale.as_deref())?;
+    Ok(Json(json!({"inapp": {"title": r.title, "body": r.body}, "webhook": r.webhook})))
+}
+
+#[derive(Deserialize)]
+struct DlqQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn dlq_list(State(ctx): State<Context>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> ApiResult<Json<Value>> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = ctx.store.dlq_list(&tenant.id, q.after.as_deref(), limit).await?;
+    let next = if entries.len() == limit { entries.last().map(|e| e.id.clone()) } else { None };
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({"id": e.id, "message_id": e.message_id, "user": e.user_id, "channel": e.channel,
+                        "attempts": e.attempts, "error": e.error, "failed_at": rfc3339(e.failed_at_ms)}))
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": next})))
+}
+
+async fn dlq_replay(State(ctx): State<Context>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let entry = ctx.store.dlq_take(&tenant.id, &id).await?.ok_or_else(|| Error::not_found("dlq_entry_not_found", format!("no dead letter `{id}`")))?;
+    let codec = tidings_schemas::codec();
+    let replay = async {
+        let mut d = codec.decode_delivery(&entry.delivery)?;
+        d.attempt = 0;
+        d.due_at_ms = 0;
+        d.last_error = None;
+        let rec = OutRecord::new(
+            ctx.deliveries_topic(d.channel),
+            format!("{}/{}", d.tenant_id, d.user_id).into_bytes(),
+            codec.encode_delivery(&d),
+        );
+        ctx.bus.append(vec![rec]).await?;
+        ctx.store
+            .put_delivery_status(&d.tenant_id, &d.message_id, &[DeliveryStatus {
+                user_id: d.user_id.clone(), channel: d.channel, state: DeliveryState::Retrying,
+                attempts: entry.attempts, last_error: Some(entry.error.clone()), updated_at_ms: now_ms(),
+            }])
+            .await
+    }
+    .await;
+    if let Err(e) = replay {
+        // put it back: a failed replay must not lose the dead letter
+        ctx.store.dlq_put(&entry).await?;
+        return Err(ApiError(e));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": id, "message_id": entry.message_id}))))
+}

@@ -1,0 +1,193 @@
+//! Accepting a send: validate, render-check, assign an id, claim the idempotency key, append
+//! durably. A 202 is answered only after [`accept`] returns.
+
+use serde::Deserialize;
+use std::time::Instant;
+use tidings_core::metrics_names::{INGEST_ACCEPT_SECONDS, INGEST_REQUESTS_TOTAL};
+use tidings_core::model::*;
+use tidings_core::store::Claim;
+use tidings_core::{bus::OutRecord, template, Context, Error, Result};
+
+/// The JSON body of `POST /v1/messages`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    #[serde(default)]
+    pub to: Recipients,
+    pub template: Option<String>,
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    pub locale: Option<String>,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub priority: Option<String>,
+    pub category: Option<String>,
+    pub channels: Option<Vec<String>>,
+    pub idempotency_key: Option<String>,
+    pub ttl_seconds: Option<i64>,
+    pub send_at: Option<String>,
+}
+
+/// What [`accept`] answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub message_id: String,
+    /// True when an earlier send with the same idempotency key answered this id.
+    pub duplicate: bool,
+}
+
+const MAX_ID_LEN: usize = 256;
+
+fn check_ids(kind: &str, ids: &[String], limit: usize) -> Result<()> {
+    if ids.len() > limit {
+        return Err(Error::invalid(
+            "too_many_recipients",
+            format!("to.{kind}: {} entries; the limit is {limit}", ids.len()),
+        ));
+    }
+    if let Some(bad) = ids.iter().find(|i| i.is_empty() || i.len() > MAX_ID_LEN) {
+        return Err(Error::invalid(
+            "invalid_recipient",
+            format!("to.{kind}: `{bad}` must be 1 to {MAX_ID_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Turn a send body into a request: every check that can fail is done here, so nothing the
+/// pipeline accepts fails later for a reason the producer could have been told.
+pub async fn validate(ctx: &Context, tenant: &Tenant, body: SendBody) -> Result<NotificationRequest> {
+    let limits = &ctx.config.limits;
+    if body.to.is_empty() {
+        return Err(Error::invalid("no_recipients", "to: name users, topics, tags or broadcast"));
+    }
+    check_ids("users", &body.to.users, limits.max_listed_recipients)?;
+    check_ids("topics", &body.to.topics, limits.max_listed_recipients)?;
+    check_ids("tags", &body.to.tags, limits.max_listed_recipients)?;
+    let priority = match &body.priority {
+        None => Priority::Normal,
+        Some(p) => p.parse().map_err(|m: String| Error::invalid("invalid_priority", m))?,
+    };
+    let mut channels = Vec::new();
+    for c in body.channels.clone().unwrap_or_else(|| vec!["inapp".into()]) {
+        let c: Channel = c.parse().map_err(|m: String| Error::invalid("invalid_channel", m))?;
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
+    if channels.is_empty() {
+        return Err(Error::invalid("invalid_channel", "channels: name at least one channel"));
+    }
+    if channels.contains(&Channel::Webhook) && tenant.webhook_url.is_none() {
+        return Err(Error::invalid(
+            "channel_not_configured",
+            "channels: webhook needs the tenant's webhook endpoint (PUT /v1/webhook)",
+        ));
+    }
+    let data = body.data.clone().unwrap_or(serde_json::Value::Object(Default::default()));
+    if !data.is_object() {
+        return Err(Error::invalid("invalid_request", "data: must be a JSON object"));
+    }
+    match &body.template {
+        Some(key) => {
+            let tpl = ctx.store.template(&tenant.id, key).await?.ok_or_else(|| {
+                Error::invalid("template_not_found", format!("template `{key}` does not exist"))
+            })?;
+            template::render(&tpl, &data, body.locale.as_deref())?;
+        }
+        None => {
+            if body.title.as_deref().unwrap_or("").is_empty() && body.body.as_deref().unwrap_or("").is_empty() {
+                return Err(Error::invalid("missing_content", "give a template, or a title or body"));
+            }
+        }
+    }
+    if body.ttl_seconds.is_some_and(|t| t <= 0) {
+        return Err(Error::invalid("invalid_ttl", "ttl_seconds: must be positive"));
+    }
+    if let Some(at) = &body.send_at {
+        let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::invalid("invalid_send_at", format!("send_at: not RFC 3339: {e}")))?;
+        if (t.unix_timestamp_nanos() / 1_000_000) as i64 > now_ms() + 1000 {
+            return Err(Error::invalid(
+                "send_at_unsupported",
+                "send_at: scheduled sends are not supported by this version yet",
+            ));
+        }
+    }
+    if body.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_ID_LEN) {
+        return Err(Error::invalid(
+            "invalid_idempotency_key",
+            format!("idempotency_key: must be 1 to {MAX_ID_LEN} characters"),
+        ));
+    }
+    Ok(NotificationRequest {
+        message_id: String::new(),
+        tenant_id: tenant.id.clone(),
+        to: body.to,
+        template: body.template,
+        data,
+        locale: body.locale,
+        title: body.title,
+        body: body.body,
+        priority,
+        category: body.category,
+        channels,
+        idempotency_key: body.idempotency_key,
+        ttl_seconds: body.ttl_seconds,
+        send_at_ms: None,
+        accepted_at_ms: 0,
+    })
+}
+
+/// Assign the id, apply the idempotency key and append durably to `requests.<priority>`.
+pub async fn accept(ctx: &Context, mut req: NotificationRequest) -> Result<Accepted> {
+    let started = Instant::now();
+    let priority = req.priority.as_str();
+    req.message_id = new_message_id();
+    req.accepted_at_ms = now_ms();
+    if let Some(key) = &req.idempotency_key {
+        let ttl = ctx.config.store.idempotency_ttl_seconds as i64 * 1000;
+        if let Claim::Existing(id) = ctx
+            .store
+            .claim_idempotency(&req.tenant_id, key, &req.message_id, req.accepted_at_ms, ttl)
+            .await?
+        {
+            metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "duplicate").increment(1);
+            return Ok(Accepted { message_id: id, duplicate: true });
+        }
+    }
+    let record = OutRecord::new(
+        ctx.requests_topic(req.priority),
+        req.tenant_id.as_bytes().to_vec(),
+        tidings_schemas::codec().encode_request(&req),
+    );
+    if let Err(e) = ctx.bus.append(vec![record]).await {
+        if let Some(key) = &req.idempotency_key {
+            // the send was not accepted: let a retry of it claim the key again
+            let _ = ctx.store.release_idempotency(&req.tenant_id, key, &req.message_id).await;
+        }
+        metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "failed").increment(1);
+        return Err(e);
+    }
+    metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "accepted").increment(1);
+    metrics::histogram!(INGEST_ACCEPT_SECONDS).record(started.elapsed().as_secs_f64());
+    Ok(Accepted { message_id: req.message_id, duplicate: false })
+}
+
+/// The send body equivalent to a request published on the Avro ingest topic.
+pub fn body_of(req: &NotificationRequest) -> SendBody {
+    SendBody {
+        to: req.to.clone(),
+        template: req.template.clone(),
+        data: Some(req.data.clone()),
+        locale: req.locale.clone(),
+        title: req.title.clone(),
+        body: req.body.clone(),
+        priority: Some(req.priority.as_str().into()),
+        category: req.category.clone(),
+        channels: Some(req.channels.iter().map(|c| c.as_str().to_string()).collect()),
+        idempotency_key: req.idempotency_key.clone(),
+        ttl_seconds: req.ttl_seconds,
+        send_at: None,
+    }
+}
