@@ -1,1 +1,54 @@
-//! placeholder
+//! The delivery stage.
+//!
+//! - [`ws`]: the realtime connection (`/v1/ws`): auth, frames, ack/read, resume, heartbeats
+//! - [`inbox`]: the user's inbox API (`/v1/inbox`), authenticated with the user JWT
+//! - [`inapp`]: the consumer of `deliveries.inapp` that pushes to live connections
+//! - [`channels`]: external channels; [`channels::webhook`] is the signed HTTP POST
+//! - [`frames`]: the JSON frames the server sends
+//! - [`user_auth`]: JWT checks shared by `ws` and `inbox`
+
+pub mod channels;
+pub mod frames;
+pub mod inapp;
+pub mod inbox;
+pub mod user_auth;
+pub mod ws;
+
+use axum::Router;
+use tidings_core::model::{now_ms, Channel, DeliveryEvent, EventKind};
+use tidings_core::{bus::OutRecord, Context};
+
+pub const GROUP: &str = "tidings-delivery";
+
+/// The routes the delivery stage serves.
+pub fn routes(ctx: Context, shutdown: tokio_util::sync::CancellationToken) -> Router {
+    inbox::routes(ctx.clone()).merge(ws::routes(ctx, shutdown))
+}
+
+/// Publish delivery events on `events` (best effort: statuses are already in the store).
+pub async fn publish_events(ctx: &Context, tenant: &str, user: &str, channel: Channel, ids: &[String], kind: EventKind, error: Option<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let codec = tidings_schemas::codec();
+    let at = now_ms();
+    let records = ids
+        .iter()
+        .map(|id| {
+            let e = DeliveryEvent {
+                tenant_id: tenant.to_string(),
+                message_id: id.clone(),
+                user_id: user.to_string(),
+                channel,
+                kind,
+                at_ms: at,
+                error: error.clone(),
+            };
+            OutRecord::new(ctx.events_topic(), format!("{tenant}/{user}").into_bytes(), codec.encode_event(&e))
+        })
+        .collect();
+    if let Err(e) = ctx.bus.append(records).await {
+        tracing::warn!(error = %e, "cannot publish delivery events");
+    }
+    metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => kind.as_str()).increment(ids.len() as u64);
+}

@@ -1,0 +1,3 @@
+//! External channels, one folder each.
+
+pub mod webhook;

@@ -1,0 +1,234 @@
+//! The realtime connection, `GET /v1/ws`.
+//!
+//! Client frames: `ack` (delivered), `read`, `resume` (replay after `since`, oldest first, or
+//! every unread message), `ping`. Each gets a reply: `{"type":"ok","ref":<type>,...}` or an
+//! `error` frame. The server also sends `hello` once the connection is registered, `message`
+//! frames, and WebSocket pings; a connection silent past the idle timeout is closed.
+//!
+//! Each connection remembers the ids it has sent, so a message that arrives live and again in
+//! a replay is shown once. Its send queue is bounded: a connection that falls behind is closed
+//! and catches up with `resume`.
+
+use crate::frames;
+use crate::inbox::{mark_read, set_states};
+use crate::user_auth::{verify, User};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tidings_core::http::{bearer, ApiError};
+use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECTIONS};
+use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
+use tidings_core::presence::ConnSink;
+use tidings_core::{Context, Error, ErrorKind};
+use tokio_util::sync::CancellationToken;
+
+/// Ids remembered per connection for dedup before the set is reset.
+const SENT_MEMORY: usize = 100_000;
+
+#[derive(Clone)]
+struct WsState {
+    ctx: Context,
+    shutdown: CancellationToken,
+}
+
+pub fn routes(ctx: Context, shutdown: CancellationToken) -> Router {
+    Router::new().route("/v1/ws", get(upgrade)).with_state(WsState { ctx, shutdown })
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn upgrade(
+    State(st): State<WsState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = bearer(&headers).map(str::to_string).or(q.token);
+    let Some(token) = token else {
+        return ApiError(Error::unauthorized("auth_missing", "send the user token in `Authorization` or `?token=`")).into_response();
+    };
+    let user = match verify(&st.ctx, &token).await {
+        Ok(u) => u,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    if st.ctx.presence.local_connections() >= st.ctx.config.limits.max_connections {
+        return ApiError(Error::new(ErrorKind::Unavailable, "too_many_connections", "this node is at its connection limit")).into_response();
+    }
+    ws.max_message_size(64 * 1024).on_upgrade(move |socket| connection(st, user, socket))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientFrame {
+    Ack { id: String },
+    Read { ids: Vec<String> },
+    Resume { since: Option<String> },
+    Ping,
+}
+
+struct Conn {
+    ctx: Context,
+    user: User,
+    sent: HashSet<String>,
+}
+
+impl Conn {
+    /// Whether `id` is new to this connection (and remember it).
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.sent.len() >= SENT_MEMORY {
+            self.sent.clear();
+        }
+        self.sent.insert(id.to_string())
+    }
+}
+
+async fn connection(st: WsState, user: User, socket: WebSocket) {
+    let ctx = st.ctx.clone();
+    let wcfg = ctx.config.websocket.clone();
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(wcfg.send_queue);
+    let close = CancellationToken::new();
+    let conn_id = ctx.presence.attach(&user.tenant, &user.user, ConnSink { tx, close: close.clone() });
+    metrics::gauge!(DELIVERY_CONNECTIONS).increment(1.0);
+    if let Err(e) = ctx.store.touch_users(&user.tenant, &[user.user.clone()]).await {
+        tracing::warn!(error = %e, "cannot record the user as known");
+    }
+    let mut conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: HashSet::new() };
+    let hello = json!({"type": "hello", "user": user.user, "node": ctx.config.node_id}).to_string();
+    let mut ping = tokio::time::interval(Duration::from_secs(wcfg.ping_interval_seconds.max(1)));
+    ping.tick().await;
+    let idle = Duration::from_secs(wcfg.idle_timeout_seconds.max(1));
+    let mut last_heard = Instant::now();
+    let mut closing: Option<(u16, &'static str)> = None;
+    if sink.send(Message::Text(hello.into())).await.is_ok() {
+        loop {
+            tokio::select! {
+                _ = close.cancelled() => { closing = Some((1008, "send queue full: reconnect and resume")); break; }
+                _ = st.shutdown.cancelled() => { closing = Some((1001, "server shutting down")); break; }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle {
+                        closing = Some((1000, "idle timeout"));
+                        break;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() { break; }
+                }
+                push = rx.recv() => {
+                    let Some(push) = push else { break };
+                    if conn.first_time(&push.message_id)
+                        && sink.send(Message::Text(push.frame.to_string().into())).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                msg = stream.next() => {
+                    last_heard = Instant::now();
+                    let replies = match msg {
+                        Some(Ok(Message::Text(t))) => conn.client_frame(t.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
+                            vec![frames::error("invalid_frame", "frames are JSON text")]
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => Vec::new(),
+                    };
+                    let mut failed = false;
+                    for r in replies {
+                        if sink.send(Message::Text(r.into())).await.is_err() { failed = true; break; }
+                    }
+                    if failed { break; }
+                }
+            }
+        }
+    }
+    if let Some((code, reason)) = closing {
+        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+    ctx.presence.detach(&user.tenant, &user.user, conn_id);
+    metrics::gauge!(DELIVERY_CONNECTIONS).decrement(1.0);
+}
+
+impl Conn {
+    /// Handle one client frame; returns the frames to send back, in order.
+    async fn client_frame(&mut self, text: &str) -> Vec<String> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
+                return vec![frames::error("invalid_frame", &format!("cannot read the frame: {e}"))];
+            }
+        };
+        let (t, u) = (self.user.tenant.clone(), self.user.user.clone());
+        let result: tidings_core::Result<Vec<String>> = async {
+            match frame {
+                ClientFrame::Ack { id } => {
+                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "ack").increment(1);
+                    let changed = self.ctx.store.set_inbox_status(&t, &u, std::slice::from_ref(&id), InboxStatus::Delivered).await?;
+                    set_states(&self.ctx, &t, &u, &changed, DeliveryState::Delivered).await?;
+                    crate::publish_events(&self.ctx, &t, &u, Channel::Inapp, &changed, EventKind::Delivered, None).await;
+                    Ok(vec![json!({"type": "ok", "ref": "ack", "id": id}).to_string()])
+                }
+                ClientFrame::Read { ids } => {
+                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "read").increment(1);
+                    if ids.len() > 1000 {
+                        return Err(Error::invalid("too_many_ids", "read: at most 1000 ids per frame"));
+                    }
+                    let changed = mark_read(&self.ctx, &t, &u, &ids).await?;
+                    Ok(vec![json!({"type": "ok", "ref": "read", "ids": changed}).to_string()])
+                }
+                ClientFrame::Resume { since } => {
+                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "resume").increment(1);
+                    self.resume(since).await
+                }
+                ClientFrame::Ping => {
+                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "ping").increment(1);
+                    Ok(vec![json!({"type": "pong"}).to_string()])
+                }
+            }
+        }
+        .await;
+        result.unwrap_or_else(|e| vec![frames::error(e.code, &e.message)])
+    }
+
+    /// Replay, oldest first, the inbox after `since` (every unread row without it).
+    async fn resume(&mut self, since: Option<String>) -> tidings_core::Result<Vec<String>> {
+        let (t, u) = (self.user.tenant.clone(), self.user.user.clone());
+        let (mut after, unread_only) = match &since {
+            Some(id) => {
+                let seq = self.ctx.store.inbox_seq(&t, &u, id).await?.ok_or_else(|| {
+                    Error::invalid("unknown_message", format!("resume: `{id}` is not in this inbox"))
+                })?;
+                (seq, false)
+            }
+            None => (0, true),
+        };
+        let page = self.ctx.config.websocket.resume_page;
+        let mut out = Vec::new();
+        loop {
+            let items = self.ctx.store.inbox_after(&t, &u, after, unread_only, page).await?;
+            let Some(last) = items.last() else { break };
+            after = last.seq;
+            for item in &items {
+                if self.first_time(&item.message_id) {
+                    out.push(frames::message_from_item(item));
+                }
+            }
+            if items.len() < page {
+                break;
+            }
+        }
+        let replayed = out.len();
+        out.push(json!({"type": "ok", "ref": "resume", "replayed": replayed}).to_string());
+        Ok(out)
+    }
+}

@@ -1,0 +1,240 @@
+//! Routing a batch of requests: expand recipients page by page, render, write the message,
+//! inbox rows and delivery statuses, and emit one delivery per (recipient, channel).
+//!
+//! Every write is idempotent (messages by id, inbox rows by (user, message id)), so a batch
+//! that is routed again after a crash changes nothing a user can see twice. Deliveries are
+//! emitted again in that case; the client side absorbs them by message id.
+
+use futures::future::try_join_all;
+use std::collections::BTreeMap;
+use tidings_core::bus::{OutRecord, Record};
+use tidings_core::metrics_names::{DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL};
+use tidings_core::model::*;
+use tidings_core::store::NewInboxRow;
+use tidings_core::{template, Context, Error, Result};
+
+/// A decoded, rendered request.
+struct Prepared {
+    req: NotificationRequest,
+    title: String,
+    body: String,
+    payload: Option<String>,
+}
+
+async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
+    let req = tidings_schemas::codec().decode_request(&r.value)?;
+    if ctx.store.tenant(&req.tenant_id).await?.is_none() {
+        return Err(Error::invalid("tenant_not_found", format!("tenant `{}` is gone", req.tenant_id)));
+    }
+    let (title, body, payload) = match &req.template {
+        Some(key) => {
+            let tpl = ctx
+                .store
+                .template(&req.tenant_id, key)
+                .await?
+                .ok_or_else(|| Error::invalid("template_not_found", format!("template `{key}` is gone")))?;
+            let r = template::render(&tpl, &req.data, req.locale.as_deref())?;
+            (r.title, r.body, r.webhook.map(|w| w.to_string()))
+        }
+        None => (req.title.clone().unwrap_or_default(), req.body.clone().unwrap_or_default(), None),
+    };
+    Ok(Prepared { req, title, body, payload })
+}
+
+/// Route every request of `records`; requests that cannot be routed go to `dlq`.
+pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
+    let mut prepared = Vec::with_capacity(records.len());
+    for r in records {
+        match prepare(ctx, r).await {
+            Ok(p) => prepared.push(p),
+            Err(e) if e.is_retriable() => return Err(e),
+            Err(e) => {
+                tracing::warn!(code = e.code, offset = r.offset, "request dead-lettered by the router");
+                metrics::counter!(ROUTER_DEAD_TOTAL).increment(1);
+                metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid").increment(1);
+                let mut value = format!("{}: {}\n", e.code, e.message).into_bytes();
+                value.extend_from_slice(&r.value);
+                ctx.bus.append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)]).await?;
+            }
+        }
+    }
+    if prepared.is_empty() {
+        return Ok(());
+    }
+    let messages: Vec<MessageRecord> = prepared
+        .iter()
+        .map(|p| MessageRecord {
+            tenant_id: p.req.tenant_id.clone(),
+            message_id: p.req.message_id.clone(),
+            priority: p.req.priority,
+            category: p.req.category.clone(),
+            template: p.req.template.clone(),
+            title: p.title.clone(),
+            body: p.body.clone(),
+            data: p.req.data.clone(),
+            channels: p.req.channels.clone(),
+            created_at_ms: p.req.accepted_at_ms,
+            expires_at_ms: p.req.ttl_seconds.map(|t| p.req.accepted_at_ms + t * 1000),
+        })
+        .collect();
+    ctx.store.put_messages(&messages).await?;
+
+    let page = ctx.config.router.page_size;
+    let mut pending: Vec<(usize, String)> = Vec::new();
+    for (i, p) in prepared.iter().enumerate() {
+        let to = &p.req.to;
+        let t = p.req.tenant_id.as_str();
+        for u in &to.users {
+            pending.push((i, u.clone()));
+            if pending.len() >= page {
+                flush(ctx, &prepared, &mut pending).await?;
+            }
+        }
+        for topic in &to.topics {
+            let mut after: Option<String> = None;
+            loop {
+                let pg = ctx.store.subscribers(t, topic, after.as_deref(), page).await?;
+                pending.extend(pg.items.into_iter().map(|u| (i, u)));
+                if pending.len() >= page {
+                    flush(ctx, &prepared, &mut pending).await?;
+                }
+                match pg.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        for tag in &to.tags {
+            let mut after: Option<String> = None;
+            loop {
+                let pg = ctx.store.users_tagged(t, tag, after.as_deref(), page).await?;
+                pending.extend(pg.items.into_iter().map(|u| (i, u)));
+                if pending.len() >= page {
+                    flush(ctx, &prepared, &mut pending).await?;
+                }
+                match pg.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        if to.broadcast {
+            let mut after: Option<String> = None;
+            loop {
+                let pg = ctx.store.users(t, after.as_deref(), page).await?;
+                pending.extend(pg.items.into_iter().map(|u| (i, u)));
+                if pending.len() >= page {
+                    flush(ctx, &prepared, &mut pending).await?;
+                }
+                match pg.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+    }
+    flush(ctx, &prepared, &mut pending).await?;
+    for p in &prepared {
+        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str()).increment(1);
+    }
+    Ok(())
+}
+
+/// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries.
+async fn flush(ctx: &Context, prepared: &[Prepared], pending: &mut Vec<(usize, String)>) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // the same user twice for one request (listed and subscribed) is one recipient
+    pending.sort();
+    pending.dedup();
+    let pairs = std::mem::take(pending);
+    let inbox_pairs: Vec<&(usize, String)> =
+        pairs.iter().filter(|(i, _)| prepared[*i].req.channels.contains(&Channel::Inapp)).collect();
+    let rows: Vec<NewInboxRow> = inbox_pairs
+        .iter()
+        .map(|(i, u)| {
+            let p = &prepared[*i];
+            NewInboxRow {
+                tenant_id: p.req.tenant_id.clone(),
+                user_id: u.clone(),
+                item: InboxItem {
+                    message_id: p.req.message_id.clone(),
+                    seq: 0,
+                    title: p.title.clone(),
+                    body: p.body.clone(),
+                    data: p.req.data.clone(),
+                    priority: p.req.priority,
+                    category: p.req.category.clone(),
+                    status: InboxStatus::Unread,
+                    created_at_ms: p.req.accepted_at_ms,
+                },
+            }
+        })
+        .collect();
+    let mut users_by_request: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
+    for (i, u) in &pairs {
+        users_by_request.entry(*i).or_default().push(u);
+    }
+    let touch = try_join_all(users_by_request.iter().filter(|(i, _)| !prepared[**i].req.channels.contains(&Channel::Inapp)).map(|(i, users)| {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let t = prepared[*i].req.tenant_id.clone();
+        async move { ctx.store.touch_users(&t, &users).await }
+    }));
+    let now = now_ms();
+    let statuses = try_join_all(users_by_request.iter().map(|(i, users)| {
+        let p = &prepared[*i];
+        let st: Vec<DeliveryStatus> = users
+            .iter()
+            .flat_map(|u| {
+                p.req.channels.iter().map(|c| DeliveryStatus {
+                    user_id: u.to_string(),
+                    channel: *c,
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    updated_at_ms: now,
+                })
+            })
+            .collect();
+        async move { ctx.store.put_delivery_status(&p.req.tenant_id, &p.req.message_id, &st).await }
+    }));
+    let (seqs, _, _) = tokio::try_join!(ctx.store.append_inbox(&rows), statuses, touch)?;
+    let mut seq_of: std::collections::HashMap<(usize, &str), u64> = std::collections::HashMap::new();
+    for ((i, u), a) in inbox_pairs.iter().zip(&seqs) {
+        seq_of.insert((*i, u.as_str()), a.seq);
+    }
+    let codec = tidings_schemas::codec();
+    let mut out = Vec::new();
+    for (i, u) in &pairs {
+        let p = &prepared[*i];
+        for c in &p.req.channels {
+            let d = Delivery {
+                tenant_id: p.req.tenant_id.clone(),
+                message_id: p.req.message_id.clone(),
+                user_id: u.clone(),
+                channel: *c,
+                seq: seq_of.get(&(*i, u.as_str())).copied().unwrap_or(0),
+                priority: p.req.priority,
+                category: p.req.category.clone(),
+                title: p.title.clone(),
+                body: p.body.clone(),
+                data: p.req.data.clone(),
+                payload: if *c == Channel::Webhook { p.payload.clone() } else { None },
+                created_at_ms: p.req.accepted_at_ms,
+                accepted_at_ms: p.req.accepted_at_ms,
+                attempt: 0,
+                due_at_ms: 0,
+                last_error: None,
+            };
+            metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => c.as_str()).increment(1);
+            out.push(OutRecord::new(
+                ctx.deliveries_topic(*c),
+                format!("{}/{}", d.tenant_id, d.user_id).into_bytes(),
+                codec.encode_delivery(&d),
+            ));
+        }
+    }
+    ctx.bus.append(out).await?;
+    Ok(())
+}
