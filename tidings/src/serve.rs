@@ -1,0 +1,215 @@
+//! Wiring: open the backends the config names, start the chosen stages under one shutdown
+//! token, serve HTTP (API, WebSocket, health, metrics), and drain on SIGTERM or Ctrl-C.
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tidings_core::config::Config;
+use tidings_core::metrics_names::{BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS};
+use tidings_core::model::{Channel, Priority};
+use tidings_core::{Context, RETRY_TIERS};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Which stages this process runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    pub ingest: bool,
+    pub router: bool,
+    pub delivery: bool,
+    pub retry: bool,
+}
+
+impl Stages {
+    pub fn all() -> Stages {
+        Stages { ingest: true, router: true, delivery: true, retry: true }
+    }
+}
+
+fn open(config: Config) -> anyhow::Result<Context> {
+    let err = |e: tidings_core::Error| anyhow::anyhow!("{e}");
+    Ok(Context {
+        bus: tidings_bus::open(&config).map_err(err)?,
+        store: tidings_store::open(&config).map_err(err)?,
+        presence: tidings_presence::open(&config).map_err(err)?,
+        config: Arc::new(config),
+    })
+}
+
+/// `tidings migrate`: create every topic (the store creates its tables when opened).
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    let ctx = open(config)?;
+    for t in ctx.all_topics() {
+        ctx.bus.ensure_topic(&t).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("topic {t}");
+    }
+    Ok(())
+}
+
+/// Run a stage, restarting it after a failure: stages resume from committed offsets, so a
+/// restart loses nothing.
+fn supervise<F, Fut>(tasks: &mut JoinSet<()>, name: &'static str, shutdown: CancellationToken, f: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = tidings_core::Result<()>> + Send,
+{
+    tasks.spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match f().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(stage = name, error = %e, ?backoff, "stage failed, restarting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    });
+}
+
+fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
+    let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY_SECONDS.into()), &latency)?
+        .set_buckets_for_metric(Matcher::Full(INGEST_ACCEPT_SECONDS.into()), &latency)?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+/// The (group, topic) pairs this process consumes, for the queue-depth gauges.
+fn consumed(ctx: &Context, stages: Stages) -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+    if stages.ingest {
+        v.push((tidings_ingest::avro_topic::GROUP, ctx.config.topic("ingest")));
+    }
+    if stages.router {
+        v.extend(Priority::ALL.iter().map(|p| (tidings_router::GROUP, ctx.requests_topic(*p))));
+    }
+    if stages.delivery {
+        v.extend(Channel::ALL.iter().map(|c| (tidings_delivery::GROUP, ctx.deliveries_topic(*c))));
+    }
+    if stages.retry {
+        v.extend(RETRY_TIERS.iter().map(|t| (tidings_retry::hold::GROUP, ctx.retry_topic(t))));
+    }
+    v
+}
+
+pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
+    let prom = metrics_recorder()?;
+    let addr = config.http_addr.clone();
+    let ctx = open(config)?;
+    for t in ctx.all_topics() {
+        ctx.bus.ensure_topic(&t).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+
+    if stages.ingest {
+        let (c, s) = (ctx.clone(), shutdown.clone());
+        supervise(&mut tasks, "ingest", shutdown.clone(), move || tidings_ingest::avro_topic::run(c.clone(), s.clone()));
+    }
+    if stages.router {
+        let (c, s) = (ctx.clone(), shutdown.clone());
+        supervise(&mut tasks, "router", shutdown.clone(), move || tidings_router::run(c.clone(), s.clone()));
+    }
+    if stages.delivery {
+        let (c, s) = (ctx.clone(), shutdown.clone());
+        supervise(&mut tasks, "delivery-inapp", shutdown.clone(), move || tidings_delivery::inapp::run(c.clone(), s.clone()));
+        let (c, s) = (ctx.clone(), shutdown.clone());
+        supervise(&mut tasks, "delivery-webhook", shutdown.clone(), move || tidings_delivery::channels::webhook::run(c.clone(), s.clone()));
+    }
+    if stages.retry {
+        for tier in RETRY_TIERS {
+            let (c, s) = (ctx.clone(), shutdown.clone());
+            supervise(&mut tasks, "retry", shutdown.clone(), move || tidings_retry::hold::run(c.clone(), tier, s.clone()));
+        }
+    }
+    // queue depths and metric upkeep
+    {
+        let (c, s, prom) = (ctx.clone(), shutdown.clone(), prom.clone());
+        let pairs = consumed(&ctx, stages);
+        let prefix = format!("{}.", ctx.config.topic_prefix);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                for (group, topic) in &pairs {
+                    if let Ok(lag) = c.bus.lag(group, topic).await {
+                        let short = topic.strip_prefix(&prefix).unwrap_or(topic).to_string();
+                        metrics::gauge!(BUS_QUEUE_DEPTH, "topic" => short).set(lag as f64);
+                    }
+                }
+                prom.run_upkeep();
+            }
+        });
+    }
+
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(move || std::future::ready(prom.render())))
+        .with_state(ctx.clone());
+    if stages.ingest {
+        app = app.merge(tidings_ingest::routes(ctx.clone()));
+    }
+    if stages.delivery {
+        app = app.merge(tidings_delivery::routes(ctx.clone(), shutdown.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, node = %ctx.config.node_id, ?stages, "tidings listening");
+
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    let s = shutdown.clone();
+    axum::serve(listener, app).with_graceful_shutdown(async move { s.cancelled().await }).await?;
+    shutdown.cancel();
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("stages did not stop within 10 s");
+    }
+    Ok(())
+}
+
+async fn readyz(State(ctx): State<Context>) -> impl IntoResponse {
+    let checks = [("bus", ctx.bus.ready().await), ("store", ctx.store.ready().await), ("presence", ctx.presence.ready().await)];
+    let failed: Vec<String> = checks.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+    if failed.is_empty() {
+        (StatusCode::OK, "ready".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, failed.join("\n"))
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
