@@ -1,0 +1,247 @@
+//! Test harness: start the real `tidings` binary on a free port with its own data dir, talk to
+//! it over real sockets.
+#![allow(dead_code)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+pub struct Server {
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+pub const ADMIN: &str = "test-admin-token";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    pub async fn start(env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir: tempfile::tempdir().unwrap(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        cmd.arg("serve")
+            .env("TIDINGS_HTTP_ADDR", &self.addr)
+            .env("TIDINGS_DATA_DIR", self.dir.path())
+            .env("TIDINGS_ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", std::env::var("TIDINGS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start tidings"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "tidings did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        // a new process on the same port and data dir
+        self.spawn().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn tenant(&self) -> Tenant {
+        self.tenant_with(json!({"name": "t"})).await
+    }
+
+    pub async fn tenant_with(&self, body: Value) -> Tenant {
+        let r = self.http.post(self.url("/v1/admin/tenants")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        Tenant {
+            id: v["tenant_id"].as_str().unwrap().into(),
+            api_key: v["api_key"].as_str().unwrap().into(),
+            jwt_secret: v["jwt_secret"].as_str().unwrap().into(),
+            webhook_secret: v["webhook_secret"].as_str().unwrap().into(),
+        }
+    }
+
+    /// A request with the tenant's API key; returns status and JSON body.
+    pub async fn api(&self, t: &Tenant, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, self.url(path)).bearer_auth(&t.api_key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, t: &Tenant, body: Value) -> String {
+        let (s, v) = self.api(t, "POST", "/v1/messages", Some(body)).await;
+        assert_eq!(s, 202, "{v}");
+        v["message_id"].as_str().unwrap().to_string()
+    }
+
+    /// A request with a user's JWT.
+    pub async fn user_api(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Every inbox item of a user, newest first, following cursors.
+    pub async fn inbox_all(&self, token: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (s, v) = self.user_api(token, "GET", &format!("/v1/inbox?limit=200&cursor={cursor}"), None).await;
+            assert_eq!(s, 200, "{v}");
+            out.extend(v["items"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => return out,
+            }
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub api_key: String,
+    pub jwt_secret: String,
+    pub webhook_secret: String,
+}
+
+impl Tenant {
+    pub fn token(&self, user: &str) -> String {
+        self.token_exp(user, 3600)
+    }
+
+    pub fn token_exp(&self, user: &str, secs_from_now: i64) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let claims = json!({"sub": user, "tid": self.id, "exp": now + secs_from_now});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.jwt_secret.as_bytes()),
+        )
+        .unwrap()
+    }
+}
+
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client.
+pub struct Ws {
+    pub stream: WsStream,
+}
+
+impl Ws {
+    /// Connect with `?token=` and wait for `hello` (the connection is registered by then).
+    pub async fn connect(server: &Server, token: &str) -> Ws {
+        let url = format!("ws://{}/v1/ws?token={token}", server.addr);
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let mut ws = Ws { stream };
+        let hello = ws.next_frame(Duration::from_secs(10)).await.expect("hello");
+        assert_eq!(hello["type"], "hello");
+        ws
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.stream.send(m).await.unwrap();
+    }
+
+    /// The next JSON text frame, or None on timeout or close.
+    pub async fn next_frame(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??;
+            match m.ok()? {
+                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next `message` frame.
+    pub async fn next_message(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next_frame(left).await?;
+            if f["type"] == "message" {
+                return Some(f);
+            }
+        }
+    }
+
+    /// Frames until one of `type` arrives (included).
+    pub async fn until(&mut self, ty: &str, timeout: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next_frame(left).await.unwrap_or_else(|| panic!("no `{ty}` frame; got {out:?}"));
+            let done = f["type"] == ty;
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+pub const SEC: Duration = Duration::from_secs(1);
