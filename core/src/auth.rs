@@ -53,17 +53,18 @@ pub fn verify_user_token(token: &str, secret: &str) -> Result<Claims> {
     let mut v = Validation::new(Algorithm::HS256);
     v.leeway = 5;
     v.set_required_spec_claims(&["exp", "sub"]);
-    let data = decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v).map_err(
-        |e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                Error::unauthorized("auth_token_expired", "the token has expired")
+    let data =
+        decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    Error::unauthorized("auth_token_expired", "the token has expired")
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    bad_token("the token's signature does not match its tenant")
+                }
+                _ => bad_token(format!("invalid token: {e}")),
             }
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                bad_token("the token's signature does not match its tenant")
-            }
-            _ => bad_token(format!("invalid token: {e}")),
-        },
-    )?;
+        })?;
     if data.claims.sub.is_empty() {
         return Err(bad_token("the token has an empty `sub`"));
     }
@@ -85,7 +86,12 @@ mod tests {
             tid: "t1".into(),
             exp,
         };
-        encode(&Header::default(), &c, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::default(),
+            &c,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -94,10 +100,19 @@ mod tests {
         let t = token("s1", now + 60);
         assert_eq!(unverified_tenant(&t).unwrap(), "t1");
         assert_eq!(verify_user_token(&t, "s1").unwrap().sub, "u1");
-        assert_eq!(verify_user_token(&t, "s2").unwrap_err().code, "auth_invalid_token");
+        assert_eq!(
+            verify_user_token(&t, "s2").unwrap_err().code,
+            "auth_invalid_token"
+        );
         let old = token("s1", now - 600);
-        assert_eq!(verify_user_token(&old, "s1").unwrap_err().code, "auth_token_expired");
-        assert_eq!(unverified_tenant("garbage").unwrap_err().code, "auth_invalid_token");
+        assert_eq!(
+            verify_user_token(&old, "s1").unwrap_err().code,
+            "auth_token_expired"
+        );
+        assert_eq!(
+            unverified_tenant("garbage").unwrap_err().code,
+            "auth_invalid_token"
+        );
     }
 
     #[test]

@@ -280,7 +280,10 @@ impl Config {
         let mut cfg = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::invalid("config_invalid", format!("cannot read {}: {e}", p.display()))
+                    Error::invalid(
+                        "config_invalid",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
                 })?;
                 Config::from_toml(&text)?
             }
@@ -296,8 +299,9 @@ impl Config {
         for key in ENV_KEYS {
             let Some(v) = get(key) else { continue };
             let num = |v: &str| -> Result<u64> {
-                v.parse()
-                    .map_err(|_| Error::invalid("config_invalid", format!("{key}: `{v}` is not a number")))
+                v.parse().map_err(|_| {
+                    Error::invalid("config_invalid", format!("{key}: `{v}` is not a number"))
+                })
             };
             match *key {
                 "TIDINGS_HTTP_ADDR" => self.http_addr = v,
@@ -333,13 +337,22 @@ impl Config {
             return bad(format!("http_addr: `{}` is not host:port", self.http_addr));
         }
         if !["embedded", "kafka"].contains(&self.bus.backend.as_str()) {
-            return bad(format!("bus.backend: `{}` (expected embedded or kafka)", self.bus.backend));
+            return bad(format!(
+                "bus.backend: `{}` (expected embedded or kafka)",
+                self.bus.backend
+            ));
         }
         if !["embedded", "scylla"].contains(&self.store.backend.as_str()) {
-            return bad(format!("store.backend: `{}` (expected embedded or scylla)", self.store.backend));
+            return bad(format!(
+                "store.backend: `{}` (expected embedded or scylla)",
+                self.store.backend
+            ));
         }
         if !["local", "redis"].contains(&self.presence.backend.as_str()) {
-            return bad(format!("presence.backend: `{}` (expected local or redis)", self.presence.backend));
+            return bad(format!(
+                "presence.backend: `{}` (expected local or redis)",
+                self.presence.backend
+            ));
         }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             return bad("bus.partitions: must be 1..=1024".into());
@@ -350,13 +363,22 @@ impl Config {
         if self.router.batch == 0 || self.router.page_size == 0 {
             return bad("router.batch and router.page_size: must be positive".into());
         }
-        if [self.router.weight_high, self.router.weight_normal, self.router.weight_low].contains(&0) {
+        if [
+            self.router.weight_high,
+            self.router.weight_normal,
+            self.router.weight_low,
+        ]
+        .contains(&0)
+        {
             return bad("router.weight_*: must be positive".into());
         }
         if self.websocket.send_queue == 0 {
             return bad("websocket.send_queue: must be positive".into());
         }
-        for (name, p) in [("retry.webhook", &self.retry.webhook), ("retry.inapp", &self.retry.inapp)] {
+        for (name, p) in [
+            ("retry.webhook", &self.retry.webhook),
+            ("retry.inapp", &self.retry.inapp),
+        ] {
             if p.max_attempts == 0 || p.factor < 1.0 || p.base_ms == 0 || p.cap_ms < p.base_ms {
                 return bad(format!(
                     "{name}: need max_attempts >= 1, factor >= 1, base_ms > 0, cap_ms >= base_ms"
@@ -406,8 +428,10 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let mut c = Config::default();
-        c.admin_token = Secret("hunter2".into());
+        let c = Config {
+            admin_token: Secret("hunter2".into()),
+            ..Default::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -17,7 +17,11 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     let mut recs = Vec::new();
     for i in 0..50u32 {
         let key = format!("k{}", i % 5);
-        recs.push(OutRecord::new(&topic, key.into_bytes(), i.to_be_bytes().to_vec()));
+        recs.push(OutRecord::new(
+            &topic,
+            key.into_bytes(),
+            i.to_be_bytes().to_vec(),
+        ));
     }
     let pos = bus.append(recs).await.unwrap();
     assert_eq!(pos.len(), 50);
@@ -27,7 +31,11 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     let mut got = Vec::new();
     while got.len() < 50 {
         let batch = c.poll(17, Duration::from_secs(5)).await.unwrap();
-        assert!(!batch.is_empty(), "poll timed out after {} records", got.len());
+        assert!(
+            !batch.is_empty(),
+            "poll timed out after {} records",
+            got.len()
+        );
         assert!(batch.len() <= 17);
         got.extend(batch);
     }
@@ -46,7 +54,11 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
             .collect();
         assert_eq!(parts.len(), 1, "one key, one partition");
     }
-    assert!(c.poll(10, Duration::from_millis(50)).await.unwrap().is_empty());
+    assert!(c
+        .poll(10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(bus.lag("g1", &topic).await.unwrap(), 50);
 
     // commit part, a new consumer of the group resumes after it
@@ -64,7 +76,10 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     let committed: Vec<(u32, u64)> = crate::bus::next_offsets(&got[..20]);
     for r in &again {
         if let Some((_, next)) = committed.iter().find(|(p, _)| *p == r.partition) {
-            assert!(r.offset >= *next, "record below the committed offset came back");
+            assert!(
+                r.offset >= *next,
+                "record below the committed offset came back"
+            );
         }
     }
     let expect_again = got
@@ -76,7 +91,11 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
                 .is_none_or(|(_, n)| r.offset >= *n)
         })
         .count();
-    assert_eq!(again.len(), expect_again, "uncommitted records are read again");
+    assert_eq!(
+        again.len(),
+        expect_again,
+        "uncommitted records are read again"
+    );
 
     // another group reads everything independently
     let mut g2 = bus.consumer("g2", &topic).await.unwrap();
@@ -95,9 +114,13 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     };
     let appender = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        bus.append(vec![OutRecord::new(&topic, b"x".to_vec(), b"late".to_vec())])
-            .await
-            .unwrap();
+        bus.append(vec![OutRecord::new(
+            &topic,
+            b"x".to_vec(),
+            b"late".to_vec(),
+        )])
+        .await
+        .unwrap();
     };
     tokio::join!(waiter, appender);
 }
@@ -132,9 +155,17 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         };
         store.create_tenant(&tenant).await.unwrap();
     }
-    let got = store.tenant_by_api_key_hash(&format!("hash-{t1}")).await.unwrap().unwrap();
+    let got = store
+        .tenant_by_api_key_hash(&format!("hash-{t1}"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.id, t1);
-    assert!(store.tenant_by_api_key_hash("nope").await.unwrap().is_none());
+    assert!(store
+        .tenant_by_api_key_hash("nope")
+        .await
+        .unwrap()
+        .is_none());
     let mut updated = got.clone();
     updated.webhook_url = Some("http://x".into());
     store.update_tenant(&updated).await.unwrap();
@@ -157,21 +188,64 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     let p2 = store.users(&t1, p.next.as_deref(), 2).await.unwrap();
     assert_eq!(p2.items, vec!["u3"]);
     assert_eq!(p2.next, None);
-    assert!(store.users(&t2, None, 10).await.unwrap().items.is_empty(), "tenant isolation");
-    assert_eq!(store.users_tagged(&t1, "vip", None, 10).await.unwrap().items, vec!["u2"]);
-    store.upsert_user(&t1, "u2", &UserProfile::default()).await.unwrap();
-    assert!(store.users_tagged(&t1, "vip", None, 10).await.unwrap().items.is_empty(), "tag removed");
+    assert!(
+        store.users(&t2, None, 10).await.unwrap().items.is_empty(),
+        "tenant isolation"
+    );
+    assert_eq!(
+        store
+            .users_tagged(&t1, "vip", None, 10)
+            .await
+            .unwrap()
+            .items,
+        vec!["u2"]
+    );
+    store
+        .upsert_user(&t1, "u2", &UserProfile::default())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .users_tagged(&t1, "vip", None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "tag removed"
+    );
 
     // subscriptions both ways
     store.subscribe(&t1, "orders", "u1").await.unwrap();
     store.subscribe(&t1, "orders", "u2").await.unwrap();
     store.subscribe(&t1, "news", "u1").await.unwrap();
-    assert_eq!(store.subscribers(&t1, "orders", None, 10).await.unwrap().items, vec!["u1", "u2"]);
-    assert_eq!(store.subscriptions(&t1, "u1").await.unwrap(), vec!["news", "orders"]);
+    assert_eq!(
+        store
+            .subscribers(&t1, "orders", None, 10)
+            .await
+            .unwrap()
+            .items,
+        vec!["u1", "u2"]
+    );
+    assert_eq!(
+        store.subscriptions(&t1, "u1").await.unwrap(),
+        vec!["news", "orders"]
+    );
     assert!(store.unsubscribe(&t1, "orders", "u1").await.unwrap());
     assert!(!store.unsubscribe(&t1, "orders", "u1").await.unwrap());
-    assert_eq!(store.subscribers(&t1, "orders", None, 10).await.unwrap().items, vec!["u2"]);
-    assert!(store.subscribers(&t2, "orders", None, 10).await.unwrap().items.is_empty());
+    assert_eq!(
+        store
+            .subscribers(&t1, "orders", None, 10)
+            .await
+            .unwrap()
+            .items,
+        vec!["u2"]
+    );
+    assert!(store
+        .subscribers(&t2, "orders", None, 10)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
 
     // templates
     let tpl = Template {
@@ -186,15 +260,42 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert!(store.template(&t2, "k").await.unwrap().is_none());
 
     // idempotency: first claim wins within the ttl, expires after, release undoes
-    assert_eq!(store.claim_idempotency(&t1, "key", "m1", 1000, 500).await.unwrap(), Claim::New);
     assert_eq!(
-        store.claim_idempotency(&t1, "key", "m2", 1400, 500).await.unwrap(),
+        store
+            .claim_idempotency(&t1, "key", "m1", 1000, 500)
+            .await
+            .unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        store
+            .claim_idempotency(&t1, "key", "m2", 1400, 500)
+            .await
+            .unwrap(),
         Claim::Existing("m1".into())
     );
-    assert_eq!(store.claim_idempotency(&t2, "key", "m3", 1400, 500).await.unwrap(), Claim::New);
-    assert_eq!(store.claim_idempotency(&t1, "key", "m4", 1600, 500).await.unwrap(), Claim::New);
+    assert_eq!(
+        store
+            .claim_idempotency(&t2, "key", "m3", 1400, 500)
+            .await
+            .unwrap(),
+        Claim::New
+    );
+    assert_eq!(
+        store
+            .claim_idempotency(&t1, "key", "m4", 1600, 500)
+            .await
+            .unwrap(),
+        Claim::New
+    );
     store.release_idempotency(&t1, "key", "m4").await.unwrap();
-    assert_eq!(store.claim_idempotency(&t1, "key", "m5", 1700, 500).await.unwrap(), Claim::New);
+    assert_eq!(
+        store
+            .claim_idempotency(&t1, "key", "m5", 1700, 500)
+            .await
+            .unwrap(),
+        Claim::New
+    );
 
     // inbox: idempotent appends, growing seqs, paging both ways, status forward only
     let rows: Vec<NewInboxRow> = (0..5)
@@ -215,30 +316,60 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
 
     let page = store.inbox_page(&t1, "u1", None, 2).await.unwrap();
     assert_eq!(ids(&page), vec!["m4", "m3"]);
-    let page2 = store.inbox_page(&t1, "u1", Some(page[1].seq), 10).await.unwrap();
+    let page2 = store
+        .inbox_page(&t1, "u1", Some(page[1].seq), 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&page2), vec!["m2", "m1", "m0"]);
     assert_eq!(page2[0].data, serde_json::json!({"k": 1}));
 
-    assert_eq!(store.inbox_seq(&t1, "u1", "m2").await.unwrap(), Some(a[2].seq));
+    assert_eq!(
+        store.inbox_seq(&t1, "u1", "m2").await.unwrap(),
+        Some(a[2].seq)
+    );
     assert_eq!(store.inbox_seq(&t2, "u1", "m2").await.unwrap(), None);
-    let after = store.inbox_after(&t1, "u1", a[2].seq, false, 10).await.unwrap();
+    let after = store
+        .inbox_after(&t1, "u1", a[2].seq, false, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&after), vec!["m3", "m4"]);
 
     let changed = store
-        .set_inbox_status(&t1, "u1", &["m0".into(), "m1".into(), "zz".into()], InboxStatus::Delivered)
+        .set_inbox_status(
+            &t1,
+            "u1",
+            &["m0".into(), "m1".into(), "zz".into()],
+            InboxStatus::Delivered,
+        )
         .await
         .unwrap();
     assert_eq!(changed, vec!["m0", "m1"]);
-    assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 5, "delivered is still unread");
-    store.set_inbox_status(&t1, "u1", &["m0".into()], InboxStatus::Read).await.unwrap();
-    let back = store.set_inbox_status(&t1, "u1", &["m0".into()], InboxStatus::Delivered).await.unwrap();
+    assert_eq!(
+        store.unread_count(&t1, "u1").await.unwrap(),
+        5,
+        "delivered is still unread"
+    );
+    store
+        .set_inbox_status(&t1, "u1", &["m0".into()], InboxStatus::Read)
+        .await
+        .unwrap();
+    let back = store
+        .set_inbox_status(&t1, "u1", &["m0".into()], InboxStatus::Delivered)
+        .await
+        .unwrap();
     assert!(back.is_empty(), "status never moves back");
     assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 4);
     let unread = store.inbox_after(&t1, "u1", 0, true, 10).await.unwrap();
     assert_eq!(ids(&unread), vec!["m1", "m2", "m3", "m4"]);
-    store.set_inbox_status(&t1, "u1", &["m4".into()], InboxStatus::Deleted).await.unwrap();
+    store
+        .set_inbox_status(&t1, "u1", &["m4".into()], InboxStatus::Deleted)
+        .await
+        .unwrap();
     assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 3);
-    assert_eq!(ids(&store.inbox_page(&t1, "u1", None, 10).await.unwrap()), vec!["m3", "m2", "m1", "m0"]);
+    assert_eq!(
+        ids(&store.inbox_page(&t1, "u1", None, 10).await.unwrap()),
+        vec!["m3", "m2", "m1", "m0"]
+    );
     assert_eq!(store.mark_all_read(&t1, "u1").await.unwrap(), 3);
     assert_eq!(store.unread_count(&t1, "u1").await.unwrap(), 0);
     let later = store
@@ -265,8 +396,14 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         created_at_ms: 5,
         expires_at_ms: None,
     };
-    store.put_messages(&[msg.clone()]).await.unwrap();
-    store.put_messages(&[msg.clone()]).await.unwrap();
+    store
+        .put_messages(std::slice::from_ref(&msg))
+        .await
+        .unwrap();
+    store
+        .put_messages(std::slice::from_ref(&msg))
+        .await
+        .unwrap();
     assert_eq!(store.message(&t1, "m0").await.unwrap().unwrap(), msg);
     assert!(store.message(&t2, "m0").await.unwrap().is_none());
     let st = |user: &str, state, attempts| DeliveryStatus {
@@ -278,14 +415,31 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         updated_at_ms: 1,
     };
     store
-        .put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Pending, 0), st("u2", DeliveryState::Pending, 0)])
+        .put_delivery_status(
+            &t1,
+            "m0",
+            &[
+                st("u1", DeliveryState::Pending, 0),
+                st("u2", DeliveryState::Pending, 0),
+            ],
+        )
         .await
         .unwrap();
-    store.put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Delivered, 1)]).await.unwrap();
-    store.put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Pending, 0)]).await.unwrap();
+    store
+        .put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Delivered, 1)])
+        .await
+        .unwrap();
+    store
+        .put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Pending, 0)])
+        .await
+        .unwrap();
     let s = store.delivery_status(&t1, "m0").await.unwrap();
     assert_eq!(s.len(), 2);
-    assert_eq!(s[0].state, DeliveryState::Delivered, "state never moves back");
+    assert_eq!(
+        s[0].state,
+        DeliveryState::Delivered,
+        "state never moves back"
+    );
     assert_eq!(s[1].state, DeliveryState::Pending);
 
     // dead letters
@@ -304,10 +458,16 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         store.dlq_put(&e).await.unwrap();
     }
     let l = store.dlq_list(&t1, None, 2).await.unwrap();
-    assert_eq!(l.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["d0", "d1"]);
+    assert_eq!(
+        l.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        vec!["d0", "d1"]
+    );
     assert_eq!(store.dlq_list(&t1, Some("d1"), 10).await.unwrap().len(), 1);
     assert!(store.dlq_list(&t2, None, 10).await.unwrap().is_empty());
-    assert_eq!(store.dlq_take(&t1, "d1").await.unwrap().unwrap().delivery, vec![0, 1, 2]);
+    assert_eq!(
+        store.dlq_take(&t1, "d1").await.unwrap().unwrap().delivery,
+        vec![0, 1, 2]
+    );
     assert!(store.dlq_take(&t1, "d1").await.unwrap().is_none());
     assert!(store.dlq_take(&t2, "d0").await.unwrap().is_none());
 

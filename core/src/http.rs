@@ -95,7 +95,10 @@ pub async fn tenant_of(
     headers: &axum::http::HeaderMap,
 ) -> Result<crate::model::Tenant, Error> {
     let key = bearer(headers).ok_or_else(|| {
-        Error::unauthorized("auth_missing", "send the tenant API key as `Authorization: Bearer <key>`")
+        Error::unauthorized(
+            "auth_missing",
+            "send the tenant API key as `Authorization: Bearer <key>`",
+        )
     })?;
     store
         .tenant_by_api_key_hash(&crate::auth::hash_api_key(key))

@@ -60,8 +60,15 @@ impl Context {
 
     /// Every topic the pipeline uses, for `migrate` and start-up.
     pub fn all_topics(&self) -> Vec<String> {
-        let mut t: Vec<String> = model::Priority::ALL.iter().map(|p| self.requests_topic(*p)).collect();
-        t.extend(model::Channel::ALL.iter().map(|c| self.deliveries_topic(*c)));
+        let mut t: Vec<String> = model::Priority::ALL
+            .iter()
+            .map(|p| self.requests_topic(*p))
+            .collect();
+        t.extend(
+            model::Channel::ALL
+                .iter()
+                .map(|c| self.deliveries_topic(*c)),
+        );
         t.extend(RETRY_TIERS.iter().map(|tier| self.retry_topic(tier)));
         t.push(self.events_topic());
         t.push(self.dlq_topic());

@@ -142,13 +142,23 @@ pub trait Store: Send + Sync + 'static {
     // delivery status
     /// Upsert statuses of `(message, user, channel)`; a state never moves back from a later one
     /// (delivered, read, failed) to pending or retrying.
-    async fn put_delivery_status(&self, tenant: &str, message_id: &str, statuses: &[DeliveryStatus]) -> Result<()>;
+    async fn put_delivery_status(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        statuses: &[DeliveryStatus],
+    ) -> Result<()>;
     async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>>;
 
     // dead letters
     async fn dlq_put(&self, entry: &DlqEntry) -> Result<()>;
     /// Entries of a tenant, oldest first, after id `after`.
-    async fn dlq_list(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<DlqEntry>>;
+    async fn dlq_list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DlqEntry>>;
     /// Remove and return an entry (for replay).
     async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>>;
 

@@ -46,7 +46,10 @@ pub fn check(template: &Template) -> Result<()> {
     }
     for v in &template.required {
         if v.is_empty() {
-            return Err(Error::invalid("template_invalid", "required: empty variable name"));
+            return Err(Error::invalid(
+                "template_invalid",
+                "required: empty variable name",
+            ));
         }
     }
     Ok(())
@@ -67,9 +70,16 @@ fn render_one(name: &str, src: &str, data: &serde_json::Value) -> Result<String>
 
 /// Render `template` with `data` for `locale` (falling back from `zh-CN` to `zh`, then to the
 /// default variant).
-pub fn render(template: &Template, data: &serde_json::Value, locale: Option<&str>) -> Result<Rendered> {
+pub fn render(
+    template: &Template,
+    data: &serde_json::Value,
+    locale: Option<&str>,
+) -> Result<Rendered> {
     if !data.is_object() && !data.is_null() {
-        return Err(Error::invalid("invalid_request", "data: must be a JSON object"));
+        return Err(Error::invalid(
+            "invalid_request",
+            "data: must be a JSON object",
+        ));
     }
     for var in &template.required {
         if data.get(var).is_none_or(|v| v.is_null()) {
@@ -81,10 +91,11 @@ pub fn render(template: &Template, data: &serde_json::Value, locale: Option<&str
     }
     let inapp: &InappTemplate = locale
         .and_then(|l| {
-            template
-                .locales
-                .get(l)
-                .or_else(|| template.locales.get(l.split(['-', '_']).next().unwrap_or(l)))
+            template.locales.get(l).or_else(|| {
+                template
+                    .locales
+                    .get(l.split(['-', '_']).next().unwrap_or(l))
+            })
         })
         .unwrap_or(&template.inapp);
     let title = render_one("inapp.title", &inapp.title, data)?;
@@ -101,7 +112,11 @@ pub fn render(template: &Template, data: &serde_json::Value, locale: Option<&str
         }
         None => None,
     };
-    Ok(Rendered { title, body, webhook })
+    Ok(Rendered {
+        title,
+        body,
+        webhook,
+    })
 }
 
 #[cfg(test)]
@@ -138,16 +153,28 @@ mod tests {
     #[test]
     fn missing_variable_is_a_stable_error() {
         let t = tpl("{{ order }}", "x");
-        assert_eq!(render(&t, &json!({}), None).unwrap_err().code, "template_variable_missing");
+        assert_eq!(
+            render(&t, &json!({}), None).unwrap_err().code,
+            "template_variable_missing"
+        );
         let mut t = tpl("x", "y");
         t.required = vec!["order".into()];
-        assert_eq!(render(&t, &json!({}), None).unwrap_err().code, "template_variable_missing");
+        assert_eq!(
+            render(&t, &json!({}), None).unwrap_err().code,
+            "template_variable_missing"
+        );
     }
 
     #[test]
     fn unparsable_template_is_refused() {
-        assert_eq!(check(&tpl("{{ order", "x")).unwrap_err().code, "template_invalid");
-        assert_eq!(check(&tpl("{% if %}", "x")).unwrap_err().code, "template_invalid");
+        assert_eq!(
+            check(&tpl("{{ order", "x")).unwrap_err().code,
+            "template_invalid"
+        );
+        assert_eq!(
+            check(&tpl("{% if %}", "x")).unwrap_err().code,
+            "template_invalid"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tidings_core::http::{body_json, ApiResult};
-use tidings_core::model::{Channel, DeliveryState, DeliveryStatus, EventKind, InboxStatus, now_ms};
+use tidings_core::model::{now_ms, Channel, DeliveryState, DeliveryStatus, EventKind, InboxStatus};
 use tidings_core::{Context, Error};
 
 pub fn routes(ctx: Context) -> Router {
@@ -29,16 +29,32 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list(State(ctx): State<Context>, headers: HeaderMap, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let user = from_headers(&ctx, &headers).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let before = match q.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(c.parse::<u64>().map_err(|_| Error::invalid("invalid_cursor", "cursor: not one this API gave"))?),
+        Some(c) => Some(
+            c.parse::<u64>()
+                .map_err(|_| Error::invalid("invalid_cursor", "cursor: not one this API gave"))?,
+        ),
     };
-    let items = ctx.store.inbox_page(&user.tenant, &user.user, before, limit).await?;
-    let next = if items.len() == limit { items.last().map(|i| i.seq.to_string()) } else { None };
-    Ok(Json(json!({"items": items.iter().map(inbox_item_json).collect::<Vec<_>>(), "next_cursor": next})))
+    let items = ctx
+        .store
+        .inbox_page(&user.tenant, &user.user, before, limit)
+        .await?;
+    let next = if items.len() == limit {
+        items.last().map(|i| i.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({"items": items.iter().map(inbox_item_json).collect::<Vec<_>>(), "next_cursor": next}),
+    ))
 }
 
 async fn unread(State(ctx): State<Context>, headers: HeaderMap) -> ApiResult<Json<Value>> {
@@ -57,24 +73,58 @@ struct ReadBody {
 }
 
 /// Mark `ids` read (inbox rows and delivery statuses) and publish the events.
-pub async fn mark_read(ctx: &Context, tenant: &str, user: &str, ids: &[String]) -> tidings_core::Result<Vec<String>> {
-    let changed = ctx.store.set_inbox_status(tenant, user, ids, InboxStatus::Read).await?;
+pub async fn mark_read(
+    ctx: &Context,
+    tenant: &str,
+    user: &str,
+    ids: &[String],
+) -> tidings_core::Result<Vec<String>> {
+    let changed = ctx
+        .store
+        .set_inbox_status(tenant, user, ids, InboxStatus::Read)
+        .await?;
     set_states(ctx, tenant, user, &changed, DeliveryState::Read).await?;
-    crate::publish_events(ctx, tenant, user, Channel::Inapp, &changed, EventKind::Read, None).await;
+    crate::publish_events(
+        ctx,
+        tenant,
+        user,
+        Channel::Inapp,
+        &changed,
+        EventKind::Read,
+        None,
+    )
+    .await;
     Ok(changed)
 }
 
 /// Move the in-app delivery status of `ids` for `user` to `state`.
-pub async fn set_states(ctx: &Context, tenant: &str, user: &str, ids: &[String], state: DeliveryState) -> tidings_core::Result<()> {
+pub async fn set_states(
+    ctx: &Context,
+    tenant: &str,
+    user: &str,
+    ids: &[String],
+    state: DeliveryState,
+) -> tidings_core::Result<()> {
     let now = now_ms();
     for id in ids {
-        let st = DeliveryStatus { user_id: user.to_string(), channel: Channel::Inapp, state, attempts: 1, last_error: None, updated_at_ms: now };
+        let st = DeliveryStatus {
+            user_id: user.to_string(),
+            channel: Channel::Inapp,
+            state,
+            attempts: 1,
+            last_error: None,
+            updated_at_ms: now,
+        };
         ctx.store.put_delivery_status(tenant, id, &[st]).await?;
     }
     Ok(())
 }
 
-async fn read(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn read(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let user = from_headers(&ctx, &headers).await?;
     let req: ReadBody = body_json(body, ctx.config.limits.max_body_bytes)?;
     if req.all {
@@ -88,11 +138,26 @@ async fn read(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes
     Ok(Json(json!({"marked": changed.len()})))
 }
 
-async fn remove(State(ctx): State<Context>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn remove(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let user = from_headers(&ctx, &headers).await?;
-    if ctx.store.inbox_seq(&user.tenant, &user.user, &id).await?.is_none() {
-        return Err(Error::not_found("message_not_found", format!("no message `{id}` in this inbox")).into());
+    if ctx
+        .store
+        .inbox_seq(&user.tenant, &user.user, &id)
+        .await?
+        .is_none()
+    {
+        return Err(Error::not_found(
+            "message_not_found",
+            format!("no message `{id}` in this inbox"),
+        )
+        .into());
     }
-    ctx.store.set_inbox_status(&user.tenant, &user.user, &[id], InboxStatus::Deleted).await?;
+    ctx.store
+        .set_inbox_status(&user.tenant, &user.user, &[id], InboxStatus::Deleted)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -26,7 +26,15 @@ pub fn routes(ctx: Context, shutdown: tokio_util::sync::CancellationToken) -> Ro
 }
 
 /// Publish delivery events on `events` (best effort: statuses are already in the store).
-pub async fn publish_events(ctx: &Context, tenant: &str, user: &str, channel: Channel, ids: &[String], kind: EventKind, error: Option<String>) {
+pub async fn publish_events(
+    ctx: &Context,
+    tenant: &str,
+    user: &str,
+    channel: Channel,
+    ids: &[String],
+    kind: EventKind,
+    error: Option<String>,
+) {
     if ids.is_empty() {
         return;
     }
@@ -44,11 +52,16 @@ pub async fn publish_events(ctx: &Context, tenant: &str, user: &str, channel: Ch
                 at_ms: at,
                 error: error.clone(),
             };
-            OutRecord::new(ctx.events_topic(), format!("{tenant}/{user}").into_bytes(), codec.encode_event(&e))
+            OutRecord::new(
+                ctx.events_topic(),
+                format!("{tenant}/{user}").into_bytes(),
+                codec.encode_event(&e),
+            )
         })
         .collect();
     if let Err(e) = ctx.bus.append(records).await {
         tracing::warn!(error = %e, "cannot publish delivery events");
     }
-    metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => kind.as_str()).increment(ids.len() as u64);
+    metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => kind.as_str())
+        .increment(ids.len() as u64);
 }

@@ -13,21 +13,26 @@ pub struct User {
 /// Check `token` against the secret of the tenant it names.
 pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
     let tid = unverified_tenant(token)?;
-    let tenant = ctx
-        .store
-        .tenant(&tid)
-        .await?
-        .ok_or_else(|| Error::unauthorized("auth_invalid_token", "the token names an unknown tenant"))?;
+    let tenant = ctx.store.tenant(&tid).await?.ok_or_else(|| {
+        Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
+    })?;
     let claims = verify_user_token(token, &tenant.jwt_secret)?;
     if claims.tid != tenant.id {
         return Err(Error::unauthorized("auth_invalid_token", "tenant mismatch"));
     }
-    Ok(User { tenant: tenant.id, user: claims.sub })
+    Ok(User {
+        tenant: tenant.id,
+        user: claims.sub,
+    })
 }
 
 /// The user of a request with `Authorization: Bearer <jwt>`.
 pub async fn from_headers(ctx: &Context, headers: &axum::http::HeaderMap) -> Result<User> {
-    let token = tidings_core::http::bearer(headers)
-        .ok_or_else(|| Error::unauthorized("auth_missing", "send the user token as `Authorization: Bearer <jwt>`"))?;
+    let token = tidings_core::http::bearer(headers).ok_or_else(|| {
+        Error::unauthorized(
+            "auth_missing",
+            "send the user token as `Authorization: Bearer <jwt>`",
+        )
+    })?;
     verify(ctx, token).await
 }

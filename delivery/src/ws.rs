@@ -40,7 +40,9 @@ struct WsState {
 }
 
 pub fn routes(ctx: Context, shutdown: CancellationToken) -> Router {
-    Router::new().route("/v1/ws", get(upgrade)).with_state(WsState { ctx, shutdown })
+    Router::new()
+        .route("/v1/ws", get(upgrade))
+        .with_state(WsState { ctx, shutdown })
 }
 
 #[derive(Deserialize)]
@@ -56,16 +58,26 @@ async fn upgrade(
 ) -> Response {
     let token = bearer(&headers).map(str::to_string).or(q.token);
     let Some(token) = token else {
-        return ApiError(Error::unauthorized("auth_missing", "send the user token in `Authorization` or `?token=`")).into_response();
+        return ApiError(Error::unauthorized(
+            "auth_missing",
+            "send the user token in `Authorization` or `?token=`",
+        ))
+        .into_response();
     };
     let user = match verify(&st.ctx, &token).await {
         Ok(u) => u,
         Err(e) => return ApiError(e).into_response(),
     };
     if st.ctx.presence.local_connections() >= st.ctx.config.limits.max_connections {
-        return ApiError(Error::new(ErrorKind::Unavailable, "too_many_connections", "this node is at its connection limit")).into_response();
+        return ApiError(Error::new(
+            ErrorKind::Unavailable,
+            "too_many_connections",
+            "this node is at its connection limit",
+        ))
+        .into_response();
     }
-    ws.max_message_size(64 * 1024).on_upgrade(move |socket| connection(st, user, socket))
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| connection(st, user, socket))
 }
 
 #[derive(Deserialize)]
@@ -99,12 +111,27 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = tokio::sync::mpsc::channel(wcfg.send_queue);
     let close = CancellationToken::new();
-    let conn_id = ctx.presence.attach(&user.tenant, &user.user, ConnSink { tx, close: close.clone() });
+    let conn_id = ctx.presence.attach(
+        &user.tenant,
+        &user.user,
+        ConnSink {
+            tx,
+            close: close.clone(),
+        },
+    );
     metrics::gauge!(DELIVERY_CONNECTIONS).increment(1.0);
-    if let Err(e) = ctx.store.touch_users(&user.tenant, &[user.user.clone()]).await {
+    if let Err(e) = ctx
+        .store
+        .touch_users(&user.tenant, std::slice::from_ref(&user.user))
+        .await
+    {
         tracing::warn!(error = %e, "cannot record the user as known");
     }
-    let mut conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: HashSet::new() };
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        user: user.clone(),
+        sent: HashSet::new(),
+    };
     let hello = json!({"type": "hello", "user": user.user, "node": ctx.config.node_id}).to_string();
     let mut ping = tokio::time::interval(Duration::from_secs(wcfg.ping_interval_seconds.max(1)));
     ping.tick().await;
@@ -152,7 +179,12 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
         }
     }
     if let Some((code, reason)) = closing {
-        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
     }
     ctx.presence.detach(&user.tenant, &user.user, conn_id);
     metrics::gauge!(DELIVERY_CONNECTIONS).decrement(1.0);
@@ -165,7 +197,10 @@ impl Conn {
             Ok(f) => f,
             Err(e) => {
                 metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
-                return vec![frames::error("invalid_frame", &format!("cannot read the frame: {e}"))];
+                return vec![frames::error(
+                    "invalid_frame",
+                    &format!("cannot read the frame: {e}"),
+                )];
             }
         };
         let (t, u) = (self.user.tenant.clone(), self.user.user.clone());
@@ -173,21 +208,42 @@ impl Conn {
             match frame {
                 ClientFrame::Ack { id } => {
                     metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "ack").increment(1);
-                    let changed = self.ctx.store.set_inbox_status(&t, &u, std::slice::from_ref(&id), InboxStatus::Delivered).await?;
+                    let changed = self
+                        .ctx
+                        .store
+                        .set_inbox_status(&t, &u, std::slice::from_ref(&id), InboxStatus::Delivered)
+                        .await?;
                     set_states(&self.ctx, &t, &u, &changed, DeliveryState::Delivered).await?;
-                    crate::publish_events(&self.ctx, &t, &u, Channel::Inapp, &changed, EventKind::Delivered, None).await;
-                    Ok(vec![json!({"type": "ok", "ref": "ack", "id": id}).to_string()])
+                    crate::publish_events(
+                        &self.ctx,
+                        &t,
+                        &u,
+                        Channel::Inapp,
+                        &changed,
+                        EventKind::Delivered,
+                        None,
+                    )
+                    .await;
+                    Ok(vec![
+                        json!({"type": "ok", "ref": "ack", "id": id}).to_string()
+                    ])
                 }
                 ClientFrame::Read { ids } => {
                     metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "read").increment(1);
                     if ids.len() > 1000 {
-                        return Err(Error::invalid("too_many_ids", "read: at most 1000 ids per frame"));
+                        return Err(Error::invalid(
+                            "too_many_ids",
+                            "read: at most 1000 ids per frame",
+                        ));
                     }
                     let changed = mark_read(&self.ctx, &t, &u, &ids).await?;
-                    Ok(vec![json!({"type": "ok", "ref": "read", "ids": changed}).to_string()])
+                    Ok(vec![
+                        json!({"type": "ok", "ref": "read", "ids": changed}).to_string()
+                    ])
                 }
                 ClientFrame::Resume { since } => {
-                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "resume").increment(1);
+                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "resume")
+                        .increment(1);
                     self.resume(since).await
                 }
                 ClientFrame::Ping => {
@@ -206,7 +262,10 @@ impl Conn {
         let (mut after, unread_only) = match &since {
             Some(id) => {
                 let seq = self.ctx.store.inbox_seq(&t, &u, id).await?.ok_or_else(|| {
-                    Error::invalid("unknown_message", format!("resume: `{id}` is not in this inbox"))
+                    Error::invalid(
+                        "unknown_message",
+                        format!("resume: `{id}` is not in this inbox"),
+                    )
                 })?;
                 (seq, false)
             }
@@ -215,7 +274,11 @@ impl Conn {
         let page = self.ctx.config.websocket.resume_page;
         let mut out = Vec::new();
         loop {
-            let items = self.ctx.store.inbox_after(&t, &u, after, unread_only, page).await?;
+            let items = self
+                .ctx
+                .store
+                .inbox_after(&t, &u, after, unread_only, page)
+                .await?;
             let Some(last) = items.last() else { break };
             after = last.seq;
             for item in &items {

@@ -25,7 +25,10 @@ pub fn routes(ctx: Context) -> Router {
         .route("/v1/messages", post(send))
         .route("/v1/messages/{id}", get(message))
         .route("/v1/users/{user}", put(put_user).get(get_user))
-        .route("/v1/topics/{topic}/subscribers/{user}", put(subscribe).delete(unsubscribe))
+        .route(
+            "/v1/topics/{topic}/subscribers/{user}",
+            put(subscribe).delete(unsubscribe),
+        )
         .route("/v1/templates/{key}", put(put_template).get(get_template))
         .route("/v1/templates/{key}/preview", post(preview))
         .route("/v1/dlq", get(dlq_list))
@@ -49,7 +52,10 @@ struct NewTenant {
 
 fn check_url(url: &str) -> Result<(), Error> {
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-        return Err(Error::invalid("invalid_url", "webhook_url: must be an http(s) URL"));
+        return Err(Error::invalid(
+            "invalid_url",
+            "webhook_url: must be an http(s) URL",
+        ));
     }
     Ok(())
 }
@@ -61,12 +67,25 @@ async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let admin = &ctx.config.admin_token.0;
     if admin.is_empty() {
-        return Err(Error::new(ErrorKind::Forbidden, "admin_disabled", "set TIDINGS_ADMIN_TOKEN to enable the admin API").into());
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "admin_disabled",
+            "set TIDINGS_ADMIN_TOKEN to enable the admin API",
+        )
+        .into());
     }
     match bearer(&headers) {
         Some(t) if secrets_equal(t, admin) => {}
-        Some(_) => return Err(Error::unauthorized("auth_invalid_admin_token", "wrong admin token").into()),
-        None => return Err(Error::unauthorized("auth_missing", "send the admin token as `Authorization: Bearer <token>`").into()),
+        Some(_) => {
+            return Err(Error::unauthorized("auth_invalid_admin_token", "wrong admin token").into())
+        }
+        None => {
+            return Err(Error::unauthorized(
+                "auth_missing",
+                "send the admin token as `Authorization: Bearer <token>`",
+            )
+            .into())
+        }
     }
     let req: NewTenant = match body {
         Ok(b) if b.is_empty() => NewTenant::default(),
@@ -103,7 +122,11 @@ struct WebhookBody {
     url: Option<String>,
 }
 
-async fn set_webhook(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn set_webhook(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let mut tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let req: WebhookBody = body_json(body, limit(&ctx))?;
     if let Some(u) = &req.url {
@@ -111,10 +134,16 @@ async fn set_webhook(State(ctx): State<Context>, headers: HeaderMap, body: Resul
     }
     tenant.webhook_url = req.url;
     ctx.store.update_tenant(&tenant).await?;
-    Ok(Json(json!({"url": tenant.webhook_url, "secret": tenant.webhook_secret})))
+    Ok(Json(
+        json!({"url": tenant.webhook_url, "secret": tenant.webhook_secret}),
+    ))
 }
 
-async fn send(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn send(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let result = async {
         let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
         let body: SendBody = body_json(body, limit(&ctx))?;
@@ -137,13 +166,15 @@ async fn send(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes
     }
 }
 
-async fn message(State(ctx): State<Context>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn message(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
-    let m = ctx
-        .store
-        .message(&tenant.id, &id)
-        .await?
-        .ok_or_else(|| Error::not_found("message_not_found", format!("no routed message `{id}`")))?;
+    let m = ctx.store.message(&tenant.id, &id).await?.ok_or_else(|| {
+        Error::not_found("message_not_found", format!("no routed message `{id}`"))
+    })?;
     let statuses = ctx.store.delivery_status(&tenant.id, &id).await?;
     let recipients: Vec<Value> = statuses
         .iter()
@@ -159,40 +190,67 @@ async fn message(State(ctx): State<Context>, headers: HeaderMap, Path(id): Path<
     })))
 }
 
-async fn put_user(State(ctx): State<Context>, headers: HeaderMap, Path(user): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn put_user(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let profile: UserProfile = body_json(body, limit(&ctx))?;
     ctx.store.upsert_user(&tenant.id, &user, &profile).await?;
     Ok(Json(json!({"user": user, "profile": profile})))
 }
 
-async fn get_user(State(ctx): State<Context>, headers: HeaderMap, Path(user): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_user(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
-    let profile = ctx
-        .store
-        .user(&tenant.id, &user)
-        .await?
-        .ok_or_else(|| Error::not_found("user_not_found", format!("user `{user}` is not known")))?;
+    let profile =
+        ctx.store.user(&tenant.id, &user).await?.ok_or_else(|| {
+            Error::not_found("user_not_found", format!("user `{user}` is not known"))
+        })?;
     let topics = ctx.store.subscriptions(&tenant.id, &user).await?;
-    Ok(Json(json!({"user": user, "profile": profile, "topics": topics})))
+    Ok(Json(
+        json!({"user": user, "profile": profile, "topics": topics}),
+    ))
 }
 
-async fn subscribe(State(ctx): State<Context>, headers: HeaderMap, Path((topic, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn subscribe(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path((topic, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     ctx.store.subscribe(&tenant.id, &topic, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unsubscribe(State(ctx): State<Context>, headers: HeaderMap, Path((topic, user)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn unsubscribe(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path((topic, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     if ctx.store.unsubscribe(&tenant.id, &topic, &user).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(Error::not_found("subscription_not_found", "the user is not subscribed to that topic").into())
+        Err(Error::not_found(
+            "subscription_not_found",
+            "the user is not subscribed to that topic",
+        )
+        .into())
     }
 }
 
-async fn put_template(State(ctx): State<Context>, headers: HeaderMap, Path(key): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn put_template(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let tpl: Template = body_json(body, limit(&ctx))?;
     template::check(&tpl)?;
@@ -200,9 +258,18 @@ async fn put_template(State(ctx): State<Context>, headers: HeaderMap, Path(key):
     Ok(Json(json!({"key": key, "template": tpl})))
 }
 
-async fn get_template(State(ctx): State<Context>, headers: HeaderMap, Path(key): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_template(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
-    let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| Error::not_found("template_not_found", format!("template `{key}` does not exist")))?;
+    let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| {
+        Error::not_found(
+            "template_not_found",
+            format!("template `{key}` does not exist"),
+        )
+    })?;
     Ok(Json(json!({"key": key, "template": tpl})))
 }
 
@@ -215,13 +282,25 @@ struct PreviewBody {
     locale: Option<String>,
 }
 
-async fn preview(State(ctx): State<Context>, headers: HeaderMap, Path(key): Path<String>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn preview(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let req: PreviewBody = body_json(body, limit(&ctx))?;
-    let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| Error::not_found("template_not_found", format!("template `{key}` does not exist")))?;
+    let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| {
+        Error::not_found(
+            "template_not_found",
+            format!("template `{key}` does not exist"),
+        )
+    })?;
     let data = req.data.unwrap_or(json!({}));
     let r = template::render(&tpl, &data, req.locale.as_deref())?;
-    Ok(Json(json!({"inapp": {"title": r.title, "body": r.body}, "webhook": r.webhook})))
+    Ok(Json(
+        json!({"inapp": {"title": r.title, "body": r.body}, "webhook": r.webhook}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -230,11 +309,22 @@ struct DlqQuery {
     limit: Option<usize>,
 }
 
-async fn dlq_list(State(ctx): State<Context>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> ApiResult<Json<Value>> {
+async fn dlq_list(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Query(q): Query<DlqQuery>,
+) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = ctx.store.dlq_list(&tenant.id, q.after.as_deref(), limit).await?;
-    let next = if entries.len() == limit { entries.last().map(|e| e.id.clone()) } else { None };
+    let entries = ctx
+        .store
+        .dlq_list(&tenant.id, q.after.as_deref(), limit)
+        .await?;
+    let next = if entries.len() == limit {
+        entries.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
     let items: Vec<Value> = entries
         .iter()
         .map(|e| json!({"id": e.id, "message_id": e.message_id, "user": e.user_id, "channel": e.channel,
@@ -243,9 +333,16 @@ async fn dlq_list(State(ctx): State<Context>, headers: HeaderMap, Query(q): Quer
     Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
-async fn dlq_replay(State(ctx): State<Context>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn dlq_replay(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
-    let entry = ctx.store.dlq_take(&tenant.id, &id).await?.ok_or_else(|| Error::not_found("dlq_entry_not_found", format!("no dead letter `{id}`")))?;
+    let entry =
+        ctx.store.dlq_take(&tenant.id, &id).await?.ok_or_else(|| {
+            Error::not_found("dlq_entry_not_found", format!("no dead letter `{id}`"))
+        })?;
     let codec = tidings_schemas::codec();
     let replay = async {
         let mut d = codec.decode_delivery(&entry.delivery)?;
@@ -259,10 +356,18 @@ async fn dlq_replay(State(ctx): State<Context>, headers: HeaderMap, Path(id): Pa
         );
         ctx.bus.append(vec![rec]).await?;
         ctx.store
-            .put_delivery_status(&d.tenant_id, &d.message_id, &[DeliveryStatus {
-                user_id: d.user_id.clone(), channel: d.channel, state: DeliveryState::Retrying,
-                attempts: entry.attempts, last_error: Some(entry.error.clone()), updated_at_ms: now_ms(),
-            }])
+            .put_delivery_status(
+                &d.tenant_id,
+                &d.message_id,
+                &[DeliveryStatus {
+                    user_id: d.user_id.clone(),
+                    channel: d.channel,
+                    state: DeliveryState::Retrying,
+                    attempts: entry.attempts,
+                    last_error: Some(entry.error.clone()),
+                    updated_at_ms: now_ms(),
+                }],
+            )
             .await
     }
     .await;
@@ -271,5 +376,8 @@ async fn dlq_replay(State(ctx): State<Context>, headers: HeaderMap, Path(id): Pa
         ctx.store.dlq_put(&entry).await?;
         return Err(ApiError(e));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": id, "message_id": entry.message_id}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"replayed": id, "message_id": entry.message_id})),
+    ))
 }

@@ -27,11 +27,12 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         for r in &records {
             let outcome: Result<()> = async {
                 let req = codec.decode_request(&r.value)?;
-                let tenant = ctx
-                    .store
-                    .tenant(&req.tenant_id)
-                    .await?
-                    .ok_or_else(|| Error::invalid("tenant_not_found", format!("tenant `{}` does not exist", req.tenant_id)))?;
+                let tenant = ctx.store.tenant(&req.tenant_id).await?.ok_or_else(|| {
+                    Error::invalid(
+                        "tenant_not_found",
+                        format!("tenant `{}` does not exist", req.tenant_id),
+                    )
+                })?;
                 let valid = validate(&ctx, &tenant, body_of(&req)).await?;
                 accept(&ctx, valid).await.map(|_| ())
             }
@@ -40,11 +41,19 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
                 Ok(()) => {}
                 Err(e) if e.is_retriable() => return Err(e),
                 Err(e) => {
-                    tracing::warn!(code = e.code, partition = r.partition, offset = r.offset, "ingest record dead-lettered");
-                    metrics::counter!(DLQ_TOTAL, "channel" => "ingest", "reason" => "invalid").increment(1);
+                    tracing::warn!(
+                        code = e.code,
+                        partition = r.partition,
+                        offset = r.offset,
+                        "ingest record dead-lettered"
+                    );
+                    metrics::counter!(DLQ_TOTAL, "channel" => "ingest", "reason" => "invalid")
+                        .increment(1);
                     let mut value = format!("{}: {}\n", e.code, e.message).into_bytes();
                     value.extend_from_slice(&r.value);
-                    ctx.bus.append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)]).await?;
+                    ctx.bus
+                        .append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)])
+                        .await?;
                 }
             }
         }

@@ -56,27 +56,45 @@ fn check_ids(kind: &str, ids: &[String], limit: usize) -> Result<()> {
 
 /// Turn a send body into a request: every check that can fail is done here, so nothing the
 /// pipeline accepts fails later for a reason the producer could have been told.
-pub async fn validate(ctx: &Context, tenant: &Tenant, body: SendBody) -> Result<NotificationRequest> {
+pub async fn validate(
+    ctx: &Context,
+    tenant: &Tenant,
+    body: SendBody,
+) -> Result<NotificationRequest> {
     let limits = &ctx.config.limits;
     if body.to.is_empty() {
-        return Err(Error::invalid("no_recipients", "to: name users, topics, tags or broadcast"));
+        return Err(Error::invalid(
+            "no_recipients",
+            "to: name users, topics, tags or broadcast",
+        ));
     }
     check_ids("users", &body.to.users, limits.max_listed_recipients)?;
     check_ids("topics", &body.to.topics, limits.max_listed_recipients)?;
     check_ids("tags", &body.to.tags, limits.max_listed_recipients)?;
     let priority = match &body.priority {
         None => Priority::Normal,
-        Some(p) => p.parse().map_err(|m: String| Error::invalid("invalid_priority", m))?,
+        Some(p) => p
+            .parse()
+            .map_err(|m: String| Error::invalid("invalid_priority", m))?,
     };
     let mut channels = Vec::new();
-    for c in body.channels.clone().unwrap_or_else(|| vec!["inapp".into()]) {
-        let c: Channel = c.parse().map_err(|m: String| Error::invalid("invalid_channel", m))?;
+    for c in body
+        .channels
+        .clone()
+        .unwrap_or_else(|| vec!["inapp".into()])
+    {
+        let c: Channel = c
+            .parse()
+            .map_err(|m: String| Error::invalid("invalid_channel", m))?;
         if !channels.contains(&c) {
             channels.push(c);
         }
     }
     if channels.is_empty() {
-        return Err(Error::invalid("invalid_channel", "channels: name at least one channel"));
+        return Err(Error::invalid(
+            "invalid_channel",
+            "channels: name at least one channel",
+        ));
     }
     if channels.contains(&Channel::Webhook) && tenant.webhook_url.is_none() {
         return Err(Error::invalid(
@@ -84,29 +102,48 @@ pub async fn validate(ctx: &Context, tenant: &Tenant, body: SendBody) -> Result<
             "channels: webhook needs the tenant's webhook endpoint (PUT /v1/webhook)",
         ));
     }
-    let data = body.data.clone().unwrap_or(serde_json::Value::Object(Default::default()));
+    let data = body
+        .data
+        .clone()
+        .unwrap_or(serde_json::Value::Object(Default::default()));
     if !data.is_object() {
-        return Err(Error::invalid("invalid_request", "data: must be a JSON object"));
+        return Err(Error::invalid(
+            "invalid_request",
+            "data: must be a JSON object",
+        ));
     }
     match &body.template {
         Some(key) => {
             let tpl = ctx.store.template(&tenant.id, key).await?.ok_or_else(|| {
-                Error::invalid("template_not_found", format!("template `{key}` does not exist"))
+                Error::invalid(
+                    "template_not_found",
+                    format!("template `{key}` does not exist"),
+                )
             })?;
             template::render(&tpl, &data, body.locale.as_deref())?;
         }
         None => {
-            if body.title.as_deref().unwrap_or("").is_empty() && body.body.as_deref().unwrap_or("").is_empty() {
-                return Err(Error::invalid("missing_content", "give a template, or a title or body"));
+            if body.title.as_deref().unwrap_or("").is_empty()
+                && body.body.as_deref().unwrap_or("").is_empty()
+            {
+                return Err(Error::invalid(
+                    "missing_content",
+                    "give a template, or a title or body",
+                ));
             }
         }
     }
     if body.ttl_seconds.is_some_and(|t| t <= 0) {
-        return Err(Error::invalid("invalid_ttl", "ttl_seconds: must be positive"));
+        return Err(Error::invalid(
+            "invalid_ttl",
+            "ttl_seconds: must be positive",
+        ));
     }
     if let Some(at) = &body.send_at {
         let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| Error::invalid("invalid_send_at", format!("send_at: not RFC 3339: {e}")))?;
+            .map_err(|e| {
+                Error::invalid("invalid_send_at", format!("send_at: not RFC 3339: {e}"))
+            })?;
         if (t.unix_timestamp_nanos() / 1_000_000) as i64 > now_ms() + 1000 {
             return Err(Error::invalid(
                 "send_at_unsupported",
@@ -114,7 +151,11 @@ pub async fn validate(ctx: &Context, tenant: &Tenant, body: SendBody) -> Result<
             ));
         }
     }
-    if body.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_ID_LEN) {
+    if body
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_ID_LEN)
+    {
         return Err(Error::invalid(
             "invalid_idempotency_key",
             format!("idempotency_key: must be 1 to {MAX_ID_LEN} characters"),
@@ -149,11 +190,20 @@ pub async fn accept(ctx: &Context, mut req: NotificationRequest) -> Result<Accep
         let ttl = ctx.config.store.idempotency_ttl_seconds as i64 * 1000;
         if let Claim::Existing(id) = ctx
             .store
-            .claim_idempotency(&req.tenant_id, key, &req.message_id, req.accepted_at_ms, ttl)
+            .claim_idempotency(
+                &req.tenant_id,
+                key,
+                &req.message_id,
+                req.accepted_at_ms,
+                ttl,
+            )
             .await?
         {
             metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "duplicate").increment(1);
-            return Ok(Accepted { message_id: id, duplicate: true });
+            return Ok(Accepted {
+                message_id: id,
+                duplicate: true,
+            });
         }
     }
     let record = OutRecord::new(
@@ -164,14 +214,22 @@ pub async fn accept(ctx: &Context, mut req: NotificationRequest) -> Result<Accep
     if let Err(e) = ctx.bus.append(vec![record]).await {
         if let Some(key) = &req.idempotency_key {
             // the send was not accepted: let a retry of it claim the key again
-            let _ = ctx.store.release_idempotency(&req.tenant_id, key, &req.message_id).await;
+            let _ = ctx
+                .store
+                .release_idempotency(&req.tenant_id, key, &req.message_id)
+                .await;
         }
-        metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "failed").increment(1);
+        metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "failed")
+            .increment(1);
         return Err(e);
     }
-    metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "accepted").increment(1);
+    metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "accepted")
+        .increment(1);
     metrics::histogram!(INGEST_ACCEPT_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(Accepted { message_id: req.message_id, duplicate: false })
+    Ok(Accepted {
+        message_id: req.message_id,
+        duplicate: false,
+    })
 }
 
 /// The send body equivalent to a request published on the Avro ingest topic.
@@ -185,7 +243,12 @@ pub fn body_of(req: &NotificationRequest) -> SendBody {
         body: req.body.clone(),
         priority: Some(req.priority.as_str().into()),
         category: req.category.clone(),
-        channels: Some(req.channels.iter().map(|c| c.as_str().to_string()).collect()),
+        channels: Some(
+            req.channels
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
+        ),
         idempotency_key: req.idempotency_key.clone(),
         ttl_seconds: req.ttl_seconds,
         send_at: None,

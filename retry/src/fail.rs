@@ -22,9 +22,18 @@ fn policy_for(ctx: &Context, channel: Channel) -> RetryPolicy {
 
 /// Record a failed attempt of `d`: retriable failures with attempts left go to the retry stage,
 /// the rest to the dead-letter queue (topic and store) with the delivery marked failed.
-pub async fn attempt_failed(ctx: &Context, mut d: Delivery, error: String, retriable: bool) -> Result<Outcome> {
+pub async fn attempt_failed(
+    ctx: &Context,
+    mut d: Delivery,
+    error: String,
+    retriable: bool,
+) -> Result<Outcome> {
     let policy = policy_for(ctx, d.channel);
-    let delay = if retriable { policy.next_delay(d.attempt, &mut rand::thread_rng()) } else { None };
+    let delay = if retriable {
+        policy.next_delay(d.attempt, &mut rand::thread_rng())
+    } else {
+        None
+    };
     let codec = tidings_schemas::codec();
     let now = now_ms();
     let key = format!("{}/{}", d.tenant_id, d.user_id).into_bytes();
@@ -34,13 +43,31 @@ pub async fn attempt_failed(ctx: &Context, mut d: Delivery, error: String, retri
         Some(delay) => {
             d.attempt += 1;
             d.due_at_ms = now + delay.as_millis() as i64;
-            let tier = if (delay.as_millis() as u64) < SHORT_TIER_MS { "short" } else { "long" };
-            ctx.bus.append(vec![OutRecord::new(ctx.retry_topic(tier), key, codec.encode_delivery(&d))]).await?;
+            let tier = if (delay.as_millis() as u64) < SHORT_TIER_MS {
+                "short"
+            } else {
+                "long"
+            };
+            ctx.bus
+                .append(vec![OutRecord::new(
+                    ctx.retry_topic(tier),
+                    key,
+                    codec.encode_delivery(&d),
+                )])
+                .await?;
             ctx.store
-                .put_delivery_status(&d.tenant_id, &d.message_id, &[DeliveryStatus {
-                    user_id: d.user_id.clone(), channel: d.channel, state: DeliveryState::Retrying,
-                    attempts, last_error: Some(error), updated_at_ms: now,
-                }])
+                .put_delivery_status(
+                    &d.tenant_id,
+                    &d.message_id,
+                    &[DeliveryStatus {
+                        user_id: d.user_id.clone(),
+                        channel: d.channel,
+                        state: DeliveryState::Retrying,
+                        attempts,
+                        last_error: Some(error),
+                        updated_at_ms: now,
+                    }],
+                )
                 .await?;
             metrics::counter!(RETRY_SCHEDULED_TOTAL, "channel" => d.channel.as_str()).increment(1);
             Ok(Outcome::Scheduled)
@@ -58,16 +85,27 @@ pub async fn attempt_failed(ctx: &Context, mut d: Delivery, error: String, retri
                 failed_at_ms: now,
                 delivery: encoded.clone(),
             };
-            ctx.bus.append(vec![OutRecord::new(ctx.dlq_topic(), key, encoded)]).await?;
+            ctx.bus
+                .append(vec![OutRecord::new(ctx.dlq_topic(), key, encoded)])
+                .await?;
             ctx.store.dlq_put(&entry).await?;
             ctx.store
-                .put_delivery_status(&d.tenant_id, &d.message_id, &[DeliveryStatus {
-                    user_id: d.user_id.clone(), channel: d.channel, state: DeliveryState::Failed,
-                    attempts, last_error: Some(error), updated_at_ms: now,
-                }])
+                .put_delivery_status(
+                    &d.tenant_id,
+                    &d.message_id,
+                    &[DeliveryStatus {
+                        user_id: d.user_id.clone(),
+                        channel: d.channel,
+                        state: DeliveryState::Failed,
+                        attempts,
+                        last_error: Some(error),
+                        updated_at_ms: now,
+                    }],
+                )
                 .await?;
             let reason = if retriable { "exhausted" } else { "permanent" };
-            metrics::counter!(DLQ_TOTAL, "channel" => d.channel.as_str(), "reason" => reason).increment(1);
+            metrics::counter!(DLQ_TOTAL, "channel" => d.channel.as_str(), "reason" => reason)
+                .increment(1);
             tracing::warn!(channel = %d.channel, attempts, reason, "delivery dead-lettered");
             Ok(Outcome::Dead)
         }

@@ -67,7 +67,9 @@ pub async fn run(ctx: Context, tier: &'static str, shutdown: CancellationToken) 
     loop {
         let now = now_ms();
         let next_due = heap.peek().map(|Reverse((due, _, _))| *due);
-        let wait = next_due.map(|d| Duration::from_millis((d - now).max(0) as u64)).unwrap_or(Duration::from_secs(1));
+        let wait = next_due
+            .map(|d| Duration::from_millis((d - now).max(0) as u64))
+            .unwrap_or(Duration::from_secs(1));
         if next_due.is_none_or(|d| d > now) {
             let records = if heap.len() >= MAX_HELD {
                 tokio::select! {
@@ -89,7 +91,9 @@ pub async fn run(ctx: Context, tier: &'static str, shutdown: CancellationToken) 
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, tier, "undecodable retry record dropped to dlq");
-                        ctx.bus.append(vec![OutRecord::new(ctx.dlq_topic(), r.key, r.value)]).await?;
+                        ctx.bus
+                            .append(vec![OutRecord::new(ctx.dlq_topic(), r.key, r.value)])
+                            .await?;
                         pending.read(r.partition, r.offset);
                         pending.done(r.partition, r.offset);
                     }
@@ -107,7 +111,8 @@ pub async fn run(ctx: Context, tier: &'static str, shutdown: CancellationToken) 
             heap.pop();
             if let Some((key, value)) = bodies.remove(&(p, o)) {
                 let d = codec.decode_delivery(&value)?;
-                metrics::counter!(RETRY_REEMITTED_TOTAL, "channel" => d.channel.as_str()).increment(1);
+                metrics::counter!(RETRY_REEMITTED_TOTAL, "channel" => d.channel.as_str())
+                    .increment(1);
                 out.push(OutRecord::new(ctx.deliveries_topic(d.channel), key, value));
                 emitted.push((p, o));
             }

@@ -49,7 +49,12 @@ mod tests {
     use rand::SeedableRng;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy::from(&RetryPolicyConfig { max_attempts: 4, base_ms: 100, factor: 2.0, cap_ms: 300 })
+        RetryPolicy::from(&RetryPolicyConfig {
+            max_attempts: 4,
+            base_ms: 100,
+            factor: 2.0,
+            cap_ms: 300,
+        })
     }
 
     #[test]

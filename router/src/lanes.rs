@@ -12,7 +12,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(weights: [u32; 4], batch: usize) -> Plan {
-        Plan { weights: weights.map(|w| w.max(1)), batch: batch.max(1) }
+        Plan {
+            weights: weights.map(|w| w.max(1)),
+            batch: batch.max(1),
+        }
     }
 
     /// Most requests taken from `p` in one turn.

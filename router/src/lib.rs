@@ -26,7 +26,15 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         consumers.push(ctx.bus.consumer(GROUP, &ctx.requests_topic(p)).await?);
     }
     let r = &ctx.config.router;
-    let plan = lanes::Plan::new([r.weight_urgent, r.weight_high, r.weight_normal, r.weight_low], r.batch);
+    let plan = lanes::Plan::new(
+        [
+            r.weight_urgent,
+            r.weight_high,
+            r.weight_normal,
+            r.weight_low,
+        ],
+        r.batch,
+    );
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -34,7 +42,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         let mut worked = false;
         for (lane, max) in plan.round() {
             // urgent goes before every lane of the round
-            let urgent = consumers[0].poll(plan.max(Priority::Urgent), Duration::ZERO).await?;
+            let urgent = consumers[0]
+                .poll(plan.max(Priority::Urgent), Duration::ZERO)
+                .await?;
             if !urgent.is_empty() {
                 handle(&ctx, consumers[0].as_mut(), urgent).await?;
                 worked = true;
@@ -53,7 +63,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         }
         // idle: wait for the first lane with work (polls are cancel-safe)
         let (lane, batch) = {
-            let [u, h, n, l] = &mut consumers[..] else { unreachable!("four lanes") };
+            let [u, h, n, l] = &mut consumers[..] else {
+                unreachable!("four lanes")
+            };
             let wait = Duration::from_secs(1);
             tokio::select! {
                 biased;

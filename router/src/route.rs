@@ -8,7 +8,9 @@
 use futures::future::try_join_all;
 use std::collections::BTreeMap;
 use tidings_core::bus::{OutRecord, Record};
-use tidings_core::metrics_names::{DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL};
+use tidings_core::metrics_names::{
+    DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL,
+};
 use tidings_core::model::*;
 use tidings_core::store::NewInboxRow;
 use tidings_core::{template, Context, Error, Result};
@@ -24,7 +26,10 @@ struct Prepared {
 async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
     let req = tidings_schemas::codec().decode_request(&r.value)?;
     if ctx.store.tenant(&req.tenant_id).await?.is_none() {
-        return Err(Error::invalid("tenant_not_found", format!("tenant `{}` is gone", req.tenant_id)));
+        return Err(Error::invalid(
+            "tenant_not_found",
+            format!("tenant `{}` is gone", req.tenant_id),
+        ));
     }
     let (title, body, payload) = match &req.template {
         Some(key) => {
@@ -32,13 +37,24 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
                 .store
                 .template(&req.tenant_id, key)
                 .await?
-                .ok_or_else(|| Error::invalid("template_not_found", format!("template `{key}` is gone")))?;
+                .ok_or_else(|| {
+                    Error::invalid("template_not_found", format!("template `{key}` is gone"))
+                })?;
             let r = template::render(&tpl, &req.data, req.locale.as_deref())?;
             (r.title, r.body, r.webhook.map(|w| w.to_string()))
         }
-        None => (req.title.clone().unwrap_or_default(), req.body.clone().unwrap_or_default(), None),
+        None => (
+            req.title.clone().unwrap_or_default(),
+            req.body.clone().unwrap_or_default(),
+            None,
+        ),
     };
-    Ok(Prepared { req, title, body, payload })
+    Ok(Prepared {
+        req,
+        title,
+        body,
+        payload,
+    })
 }
 
 /// Route every request of `records`; requests that cannot be routed go to `dlq`.
@@ -49,12 +65,19 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
             Ok(p) => prepared.push(p),
             Err(e) if e.is_retriable() => return Err(e),
             Err(e) => {
-                tracing::warn!(code = e.code, offset = r.offset, "request dead-lettered by the router");
+                tracing::warn!(
+                    code = e.code,
+                    offset = r.offset,
+                    "request dead-lettered by the router"
+                );
                 metrics::counter!(ROUTER_DEAD_TOTAL).increment(1);
-                metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid").increment(1);
+                metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid")
+                    .increment(1);
                 let mut value = format!("{}: {}\n", e.code, e.message).into_bytes();
                 value.extend_from_slice(&r.value);
-                ctx.bus.append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)]).await?;
+                ctx.bus
+                    .append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)])
+                    .await?;
             }
         }
     }
@@ -93,7 +116,10 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
         for topic in &to.topics {
             let mut after: Option<String> = None;
             loop {
-                let pg = ctx.store.subscribers(t, topic, after.as_deref(), page).await?;
+                let pg = ctx
+                    .store
+                    .subscribers(t, topic, after.as_deref(), page)
+                    .await?;
                 pending.extend(pg.items.into_iter().map(|u| (i, u)));
                 if pending.len() >= page {
                     flush(ctx, &prepared, &mut pending).await?;
@@ -107,7 +133,10 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
         for tag in &to.tags {
             let mut after: Option<String> = None;
             loop {
-                let pg = ctx.store.users_tagged(t, tag, after.as_deref(), page).await?;
+                let pg = ctx
+                    .store
+                    .users_tagged(t, tag, after.as_deref(), page)
+                    .await?;
                 pending.extend(pg.items.into_iter().map(|u| (i, u)));
                 if pending.len() >= page {
                     flush(ctx, &prepared, &mut pending).await?;
@@ -135,13 +164,18 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
     }
     flush(ctx, &prepared, &mut pending).await?;
     for p in &prepared {
-        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str()).increment(1);
+        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
+            .increment(1);
     }
     Ok(())
 }
 
 /// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries.
-async fn flush(ctx: &Context, prepared: &[Prepared], pending: &mut Vec<(usize, String)>) -> Result<()> {
+async fn flush(
+    ctx: &Context,
+    prepared: &[Prepared],
+    pending: &mut Vec<(usize, String)>,
+) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -149,8 +183,10 @@ async fn flush(ctx: &Context, prepared: &[Prepared], pending: &mut Vec<(usize, S
     pending.sort();
     pending.dedup();
     let pairs = std::mem::take(pending);
-    let inbox_pairs: Vec<&(usize, String)> =
-        pairs.iter().filter(|(i, _)| prepared[*i].req.channels.contains(&Channel::Inapp)).collect();
+    let inbox_pairs: Vec<&(usize, String)> = pairs
+        .iter()
+        .filter(|(i, _)| prepared[*i].req.channels.contains(&Channel::Inapp))
+        .collect();
     let rows: Vec<NewInboxRow> = inbox_pairs
         .iter()
         .map(|(i, u)| {
@@ -176,11 +212,16 @@ async fn flush(ctx: &Context, prepared: &[Prepared], pending: &mut Vec<(usize, S
     for (i, u) in &pairs {
         users_by_request.entry(*i).or_default().push(u);
     }
-    let touch = try_join_all(users_by_request.iter().filter(|(i, _)| !prepared[**i].req.channels.contains(&Channel::Inapp)).map(|(i, users)| {
-        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-        let t = prepared[*i].req.tenant_id.clone();
-        async move { ctx.store.touch_users(&t, &users).await }
-    }));
+    let touch = try_join_all(
+        users_by_request
+            .iter()
+            .filter(|(i, _)| !prepared[**i].req.channels.contains(&Channel::Inapp))
+            .map(|(i, users)| {
+                let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+                let t = prepared[*i].req.tenant_id.clone();
+                async move { ctx.store.touch_users(&t, &users).await }
+            }),
+    );
     let now = now_ms();
     let statuses = try_join_all(users_by_request.iter().map(|(i, users)| {
         let p = &prepared[*i];
@@ -197,10 +238,15 @@ async fn flush(ctx: &Context, prepared: &[Prepared], pending: &mut Vec<(usize, S
                 })
             })
             .collect();
-        async move { ctx.store.put_delivery_status(&p.req.tenant_id, &p.req.message_id, &st).await }
+        async move {
+            ctx.store
+                .put_delivery_status(&p.req.tenant_id, &p.req.message_id, &st)
+                .await
+        }
     }));
     let (seqs, _, _) = tokio::try_join!(ctx.store.append_inbox(&rows), statuses, touch)?;
-    let mut seq_of: std::collections::HashMap<(usize, &str), u64> = std::collections::HashMap::new();
+    let mut seq_of: std::collections::HashMap<(usize, &str), u64> =
+        std::collections::HashMap::new();
     for ((i, u), a) in inbox_pairs.iter().zip(&seqs) {
         seq_of.insert((*i, u.as_str()), a.seq);
     }
@@ -220,7 +266,11 @@ async fn flush(ctx: &Context, prepared: &[Prepared], pending: &mut Vec<(usize, S
                 title: p.title.clone(),
                 body: p.body.clone(),
                 data: p.req.data.clone(),
-                payload: if *c == Channel::Webhook { p.payload.clone() } else { None },
+                payload: if *c == Channel::Webhook {
+                    p.payload.clone()
+                } else {
+                    None
+                },
                 created_at_ms: p.req.accepted_at_ms,
                 accepted_at_ms: p.req.accepted_at_ms,
                 attempt: 0,

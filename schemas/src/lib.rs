@@ -39,7 +39,8 @@ pub struct Codec {
 pub fn codec() -> &'static Codec {
     static CODEC: OnceLock<Codec> = OnceLock::new();
     CODEC.get_or_init(|| {
-        let manifest: serde_json::Value = serde_json::from_str(MANIFEST).expect("manifest.json parses");
+        let manifest: serde_json::Value =
+            serde_json::from_str(MANIFEST).expect("manifest.json parses");
         let id_of = |name: &str| -> u32 {
             manifest["schemas"]
                 .as_array()
@@ -55,7 +56,11 @@ pub fn codec() -> &'static Codec {
             schema: Schema::parse_str(text).expect("bundled schemas parse"),
         };
         Codec {
-            request: info("NotificationRequest", "ingest-value", NOTIFICATION_REQUEST_AVSC),
+            request: info(
+                "NotificationRequest",
+                "ingest-value",
+                NOTIFICATION_REQUEST_AVSC,
+            ),
             delivery: info("Delivery", "deliveries-value", DELIVERY_AVSC),
             event: info("DeliveryEvent", "events-value", DELIVERY_EVENT_AVSC),
         }
@@ -78,7 +83,10 @@ pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
 /// Split a Confluent-framed record into schema id and body.
 pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8])> {
     if bytes.len() < 5 {
-        return Err(bad(format!("record of {} bytes is shorter than the 5-byte header", bytes.len())));
+        return Err(bad(format!(
+            "record of {} bytes is shorter than the 5-byte header",
+            bytes.len()
+        )));
     }
     if bytes[0] != 0 {
         return Err(bad(format!("unknown magic byte {}", bytes[0])));
@@ -95,12 +103,18 @@ fn encode(info: &SchemaInfo, value: Value) -> Vec<u8> {
 fn decode(info: &SchemaInfo, bytes: &[u8]) -> Result<Vec<(String, Value)>> {
     let (id, mut body) = unframe(bytes)?;
     if id != info.id {
-        return Err(bad(format!("schema id {id} is not {} ({})", info.id, info.name)));
+        return Err(bad(format!(
+            "schema id {id} is not {} ({})",
+            info.id, info.name
+        )));
     }
     match from_avro_datum(&info.schema, &mut body, None) {
         Ok(Value::Record(fields)) => {
             if !body.is_empty() {
-                return Err(bad(format!("{} trailing bytes after the record", body.len())));
+                return Err(bad(format!(
+                    "{} trailing bytes after the record",
+                    body.len()
+                )));
             }
             Ok(fields)
         }
@@ -136,7 +150,12 @@ fn prio(p: Priority) -> Value {
 }
 
 fn rec(fields: Vec<(&str, Value)>) -> Value {
-    Value::Record(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Record(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 /// Typed access to a decoded record's fields.
@@ -194,7 +213,8 @@ impl Fields {
         }
     }
     fn json(&self, name: &str) -> Result<serde_json::Value> {
-        serde_json::from_str(&self.str(name)?).map_err(|e| bad(format!("field `{name}` is not JSON: {e}")))
+        serde_json::from_str(&self.str(name)?)
+            .map_err(|e| bad(format!("field `{name}` is not JSON: {e}")))
     }
     fn priority(&self) -> Result<Priority> {
         self.str("priority")?.parse().map_err(bad)
@@ -210,7 +230,10 @@ impl Codec {
         encode(
             &self.request,
             rec(vec![
-                ("message_id", opt_s(&Some(r.message_id.clone()).filter(|m| !m.is_empty()))),
+                (
+                    "message_id",
+                    opt_s(&Some(r.message_id.clone()).filter(|m| !m.is_empty())),
+                ),
                 ("tenant_id", s(&r.tenant_id)),
                 ("to_users", arr(&r.to.users)),
                 ("to_topics", arr(&r.to.topics)),
@@ -432,7 +455,10 @@ mod tests {
         let bytes = c.encode_event(&e);
         assert_eq!(&bytes[1..5], &3u32.to_be_bytes());
         assert_eq!(c.decode_event(&bytes).unwrap(), e);
-        assert_eq!(c.decode_delivery(&bytes).unwrap_err().code, "invalid_record");
+        assert_eq!(
+            c.decode_delivery(&bytes).unwrap_err().code,
+            "invalid_record"
+        );
         assert!(unframe(&[1, 0, 0, 0, 1]).is_err());
         assert!(unframe(&[0, 0]).is_err());
     }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use tidings_core::config::Config;
 
 #[derive(Parser)]
-#[command(name = "tidings", version, about = "a message center: ingest, route, deliver, retry")]
+#[command(
+    name = "tidings",
+    version,
+    about = "a message center: ingest, route, deliver, retry"
+)]
 struct Cli {
     /// TOML config file; `TIDINGS_*` environment variables override it.
     #[arg(long, global = true, env = "TIDINGS_CONFIG")]
@@ -41,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json_logs = std::env::var("TIDINGS_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json_logs {
         builder.json().init();
     } else {
@@ -51,19 +57,36 @@ fn main() -> anyhow::Result<()> {
     if let Command::Schemas = cli.command {
         let c = tidings_schemas::codec();
         for s in [&c.request, &c.delivery, &c.event] {
-            println!("# {} id={} subject={}.{}", s.name, s.id, config.topic_prefix, s.subject);
+            println!(
+                "# {} id={} subject={}.{}",
+                s.name, s.id, config.topic_prefix, s.subject
+            );
             println!("{}", s.text.trim());
         }
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let stages = match cli.command {
             Command::Serve => serve::Stages::all(),
-            Command::Ingest => serve::Stages { ingest: true, ..Default::default() },
-            Command::Router => serve::Stages { router: true, ..Default::default() },
-            Command::Delivery => serve::Stages { delivery: true, ..Default::default() },
-            Command::Retry => serve::Stages { retry: true, ..Default::default() },
+            Command::Ingest => serve::Stages {
+                ingest: true,
+                ..Default::default()
+            },
+            Command::Router => serve::Stages {
+                router: true,
+                ..Default::default()
+            },
+            Command::Delivery => serve::Stages {
+                delivery: true,
+                ..Default::default()
+            },
+            Command::Retry => serve::Stages {
+                retry: true,
+                ..Default::default()
+            },
             Command::Migrate => return serve::migrate(config).await,
             Command::Schemas => unreachable!("handled above"),
         };

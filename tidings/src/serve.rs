@@ -12,7 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tidings_core::config::Config;
-use tidings_core::metrics_names::{BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS};
+use tidings_core::metrics_names::{
+    BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS,
+};
 use tidings_core::model::{Channel, Priority};
 use tidings_core::{Context, RETRY_TIERS};
 use tokio::task::JoinSet;
@@ -29,7 +31,12 @@ pub struct Stages {
 
 impl Stages {
     pub fn all() -> Stages {
-        Stages { ingest: true, router: true, delivery: true, retry: true }
+        Stages {
+            ingest: true,
+            router: true,
+            delivery: true,
+            retry: true,
+        }
     }
 }
 
@@ -47,7 +54,10 @@ fn open(config: Config) -> anyhow::Result<Context> {
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     let ctx = open(config)?;
     for t in ctx.all_topics() {
-        ctx.bus.ensure_topic(&t).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        ctx.bus
+            .ensure_topic(&t)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("topic {t}");
     }
     Ok(())
@@ -79,7 +89,9 @@ where
 }
 
 fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
-    let latency = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let latency = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY_SECONDS.into()), &latency)?
         .set_buckets_for_metric(Matcher::Full(INGEST_ACCEPT_SECONDS.into()), &latency)?
@@ -91,16 +103,31 @@ fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
 fn consumed(ctx: &Context, stages: Stages) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
     if stages.ingest {
-        v.push((tidings_ingest::avro_topic::GROUP, ctx.config.topic("ingest")));
+        v.push((
+            tidings_ingest::avro_topic::GROUP,
+            ctx.config.topic("ingest"),
+        ));
     }
     if stages.router {
-        v.extend(Priority::ALL.iter().map(|p| (tidings_router::GROUP, ctx.requests_topic(*p))));
+        v.extend(
+            Priority::ALL
+                .iter()
+                .map(|p| (tidings_router::GROUP, ctx.requests_topic(*p))),
+        );
     }
     if stages.delivery {
-        v.extend(Channel::ALL.iter().map(|c| (tidings_delivery::GROUP, ctx.deliveries_topic(*c))));
+        v.extend(
+            Channel::ALL
+                .iter()
+                .map(|c| (tidings_delivery::GROUP, ctx.deliveries_topic(*c))),
+        );
     }
     if stages.retry {
-        v.extend(RETRY_TIERS.iter().map(|t| (tidings_retry::hold::GROUP, ctx.retry_topic(t))));
+        v.extend(
+            RETRY_TIERS
+                .iter()
+                .map(|t| (tidings_retry::hold::GROUP, ctx.retry_topic(t))),
+        );
     }
     v
 }
@@ -110,29 +137,45 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
     let addr = config.http_addr.clone();
     let ctx = open(config)?;
     for t in ctx.all_topics() {
-        ctx.bus.ensure_topic(&t).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        ctx.bus
+            .ensure_topic(&t)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
     if stages.ingest {
         let (c, s) = (ctx.clone(), shutdown.clone());
-        supervise(&mut tasks, "ingest", shutdown.clone(), move || tidings_ingest::avro_topic::run(c.clone(), s.clone()));
+        supervise(&mut tasks, "ingest", shutdown.clone(), move || {
+            tidings_ingest::avro_topic::run(c.clone(), s.clone())
+        });
     }
     if stages.router {
         let (c, s) = (ctx.clone(), shutdown.clone());
-        supervise(&mut tasks, "router", shutdown.clone(), move || tidings_router::run(c.clone(), s.clone()));
+        supervise(&mut tasks, "router", shutdown.clone(), move || {
+            tidings_router::run(c.clone(), s.clone())
+        });
     }
     if stages.delivery {
         let (c, s) = (ctx.clone(), shutdown.clone());
-        supervise(&mut tasks, "delivery-inapp", shutdown.clone(), move || tidings_delivery::inapp::run(c.clone(), s.clone()));
+        supervise(&mut tasks, "delivery-inapp", shutdown.clone(), move || {
+            tidings_delivery::inapp::run(c.clone(), s.clone())
+        });
         let (c, s) = (ctx.clone(), shutdown.clone());
-        supervise(&mut tasks, "delivery-webhook", shutdown.clone(), move || tidings_delivery::channels::webhook::run(c.clone(), s.clone()));
+        supervise(
+            &mut tasks,
+            "delivery-webhook",
+            shutdown.clone(),
+            move || tidings_delivery::channels::webhook::run(c.clone(), s.clone()),
+        );
     }
     if stages.retry {
         for tier in RETRY_TIERS {
             let (c, s) = (ctx.clone(), shutdown.clone());
-            supervise(&mut tasks, "retry", shutdown.clone(), move || tidings_retry::hold::run(c.clone(), tier, s.clone()));
+            supervise(&mut tasks, "retry", shutdown.clone(), move || {
+                tidings_retry::hold::run(c.clone(), tier, s.clone())
+            });
         }
     }
     // queue depths and metric upkeep
@@ -169,7 +212,9 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
     if stages.delivery {
         app = app.merge(tidings_delivery::routes(ctx.clone(), shutdown.clone()));
     }
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, node = %ctx.config.node_id, ?stages, "tidings listening");
 
     let s = shutdown.clone();
@@ -179,18 +224,30 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
         s.cancel();
     });
     let s = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { s.cancelled().await }).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { s.cancelled().await })
+        .await?;
     shutdown.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("stages did not stop within 10 s");
     }
     Ok(())
 }
 
 async fn readyz(State(ctx): State<Context>) -> impl IntoResponse {
-    let checks = [("bus", ctx.bus.ready().await), ("store", ctx.store.ready().await), ("presence", ctx.presence.ready().await)];
-    let failed: Vec<String> = checks.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}"))).collect();
+    let checks = [
+        ("bus", ctx.bus.ready().await),
+        ("store", ctx.store.ready().await),
+        ("presence", ctx.presence.ready().await),
+    ];
+    let failed: Vec<String> = checks
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+        .collect();
     if failed.is_empty() {
         (StatusCode::OK, "ready".to_string())
     } else {
@@ -202,7 +259,8 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

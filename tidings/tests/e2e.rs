@@ -27,7 +27,9 @@ async fn send_receive_on_every_device_ack_read_and_inbox() {
         assert_eq!(m["priority"], "normal");
         assert!(m["seq"].as_u64().unwrap() >= 1);
     }
-    let (st, unread) = s.user_api(&t.token("alice"), "GET", "/v1/inbox/unread_count", None).await;
+    let (st, unread) = s
+        .user_api(&t.token("alice"), "GET", "/v1/inbox/unread_count", None)
+        .await;
     assert_eq!((st, unread["unread"].as_u64()), (200, Some(1)));
 
     // ack marks delivered, read marks read
@@ -41,9 +43,13 @@ async fn send_receive_on_every_device_ack_read_and_inbox() {
     assert_eq!(r.last().unwrap()["ids"], json!([id]));
     let inbox = s.inbox_all(&t.token("alice")).await;
     assert_eq!(inbox[0]["status"], "read");
-    let (_, unread) = s.user_api(&t.token("alice"), "GET", "/v1/inbox/unread_count", None).await;
+    let (_, unread) = s
+        .user_api(&t.token("alice"), "GET", "/v1/inbox/unread_count", None)
+        .await;
     assert_eq!(unread["unread"], 0);
-    let (_, unread) = s.user_api(&t.token("bob"), "GET", "/v1/inbox/unread_count", None).await;
+    let (_, unread) = s
+        .user_api(&t.token("bob"), "GET", "/v1/inbox/unread_count", None)
+        .await;
     assert_eq!(unread["unread"], 1);
 
     // per-recipient status
@@ -55,22 +61,40 @@ async fn send_receive_on_every_device_ack_read_and_inbox() {
     assert_eq!(of("bob"), "pending");
 
     // topics
-    let (st, _) = s.api(&t, "PUT", "/v1/topics/orders/subscribers/carol", None).await;
+    let (st, _) = s
+        .api(&t, "PUT", "/v1/topics/orders/subscribers/carol", None)
+        .await;
     assert_eq!(st, 204);
     let mut c = Ws::connect(&s, &t.token("carol")).await;
-    let tid = s.send(&t, json!({"to": {"topics": ["orders"]}, "title": "order"})).await;
+    let tid = s
+        .send(&t, json!({"to": {"topics": ["orders"]}, "title": "order"}))
+        .await;
     assert_eq!(c.next_message(5 * SEC).await.unwrap()["id"], tid.as_str());
 
     // broadcast reaches every known user (dave is known by his profile only)
-    let (st, _) = s.api(&t, "PUT", "/v1/users/dave", Some(json!({"tags": ["vip"], "locale": "en"}))).await;
+    let (st, _) = s
+        .api(
+            &t,
+            "PUT",
+            "/v1/users/dave",
+            Some(json!({"tags": ["vip"], "locale": "en"})),
+        )
+        .await;
     assert_eq!(st, 200);
-    let bid = s.send(&t, json!({"to": {"broadcast": true}, "title": "all", "priority": "high"})).await;
+    let bid = s
+        .send(
+            &t,
+            json!({"to": {"broadcast": true}, "title": "all", "priority": "high"}),
+        )
+        .await;
     for ws in [&mut a1, &mut a2, &mut b, &mut c] {
         let m = ws.next_message(5 * SEC).await.unwrap();
         assert_eq!(m["id"], bid.as_str());
     }
     // tags
-    let gid = s.send(&t, json!({"to": {"tags": ["vip"]}, "title": "vip only"})).await;
+    let gid = s
+        .send(&t, json!({"to": {"tags": ["vip"]}, "title": "vip only"}))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dave = s.inbox_all(&t.token("dave")).await;
     let ids: Vec<&str> = dave.iter().map(|i| i["id"].as_str().unwrap()).collect();
@@ -79,20 +103,54 @@ async fn send_receive_on_every_device_ack_read_and_inbox() {
     // paging newest first with cursors
     let mut sent = Vec::new();
     for i in 0..5 {
-        sent.push(s.send(&t, json!({"to": {"users": ["erin"]}, "title": format!("n{i}")})).await);
+        sent.push(
+            s.send(
+                &t,
+                json!({"to": {"users": ["erin"]}, "title": format!("n{i}")}),
+            )
+            .await,
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, p1) = s.user_api(&t.token("erin"), "GET", "/v1/inbox?limit=2", None).await;
-    let ids: Vec<&str> = p1["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let (_, p1) = s
+        .user_api(&t.token("erin"), "GET", "/v1/inbox?limit=2", None)
+        .await;
+    let ids: Vec<&str> = p1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![sent[4].as_str(), sent[3].as_str()]);
     let cursor = p1["next_cursor"].as_str().unwrap();
-    let (_, p2) = s.user_api(&t.token("erin"), "GET", &format!("/v1/inbox?limit=10&cursor={cursor}"), None).await;
+    let (_, p2) = s
+        .user_api(
+            &t.token("erin"),
+            "GET",
+            &format!("/v1/inbox?limit=10&cursor={cursor}"),
+            None,
+        )
+        .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 3);
     assert!(p2["next_cursor"].is_null());
     // read all, delete one
-    let (st, r) = s.user_api(&t.token("erin"), "POST", "/v1/inbox/read", Some(json!({"all": true}))).await;
+    let (st, r) = s
+        .user_api(
+            &t.token("erin"),
+            "POST",
+            "/v1/inbox/read",
+            Some(json!({"all": true})),
+        )
+        .await;
     assert_eq!((st, r["marked"].as_u64()), (200, Some(5)));
-    let (st, _) = s.user_api(&t.token("erin"), "DELETE", &format!("/v1/inbox/{}", sent[0]), None).await;
+    let (st, _) = s
+        .user_api(
+            &t.token("erin"),
+            "DELETE",
+            &format!("/v1/inbox/{}", sent[0]),
+            None,
+        )
+        .await;
     assert_eq!(st, 204);
     assert_eq!(s.inbox_all(&t.token("erin")).await.len(), 4);
 }
@@ -103,14 +161,28 @@ async fn offline_users_get_everything_on_resume_once_oldest_first() {
     let t = s.tenant().await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(s.send(&t, json!({"to": {"users": ["u"]}, "title": format!("m{i}")})).await);
+        ids.push(
+            s.send(
+                &t,
+                json!({"to": {"users": ["u"]}, "title": format!("m{i}")}),
+            )
+            .await,
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ws = Ws::connect(&s, &t.token("u")).await;
     ws.send(json!({"type": "resume"})).await;
     let frames = ws.until("ok", 5 * SEC).await;
-    let got: Vec<&str> = frames.iter().filter(|f| f["type"] == "message").map(|f| f["id"].as_str().unwrap()).collect();
-    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>(), "oldest first, each once");
+    let got: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "oldest first, each once"
+    );
     // a second resume on the same connection sends nothing twice
     ws.send(json!({"type": "resume"})).await;
     let again = ws.until("ok", 5 * SEC).await;
@@ -120,11 +192,19 @@ async fn offline_users_get_everything_on_resume_once_oldest_first() {
     let mut ws2 = Ws::connect(&s, &t.token("u")).await;
     ws2.send(json!({"type": "resume", "since": ids[1]})).await;
     let frames = ws2.until("ok", 5 * SEC).await;
-    let got: Vec<&str> = frames.iter().filter(|f| f["type"] == "message").map(|f| f["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, vec![ids[2].as_str(), ids[3].as_str()]);
-    ws2.send(json!({"type": "resume", "since": "no-such-id"})).await;
+    ws2.send(json!({"type": "resume", "since": "no-such-id"}))
+        .await;
     let e = ws2.next_frame(5 * SEC).await.unwrap();
-    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("unknown_message")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unknown_message"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,10 +215,18 @@ async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
     const SUBS: usize = 200;
     const LOW: usize = 200;
     for i in 0..SUBS {
-        let (st, _) = s.api(&t, "PUT", &format!("/v1/topics/crowd/subscribers/c{i}"), None).await;
+        let (st, _) = s
+            .api(
+                &t,
+                "PUT",
+                &format!("/v1/topics/crowd/subscribers/c{i}"),
+                None,
+            )
+            .await;
         assert_eq!(st, 204);
     }
-    s.api(&t, "PUT", "/v1/topics/crowd/subscribers/probe", None).await;
+    s.api(&t, "PUT", "/v1/topics/crowd/subscribers/probe", None)
+        .await;
     let mut probe = Ws::connect(&s, &t.token("probe")).await;
     let mut boss = Ws::connect(&s, &t.token("boss")).await;
     let low_ids: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
@@ -148,7 +236,12 @@ async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
             low_ids.lock().unwrap().push(id);
         }
     }
-    let urgent = s.send(&t, json!({"to": {"users": ["boss"]}, "title": "fire", "priority": "urgent"})).await;
+    let urgent = s
+        .send(
+            &t,
+            json!({"to": {"users": ["boss"]}, "title": "fire", "priority": "urgent"}),
+        )
+        .await;
     let m = boss.next_message(30 * SEC).await.expect("urgent arrives");
     assert_eq!(m["id"], urgent.as_str());
     // how much of the low backlog the probe had seen when urgent arrived
@@ -156,7 +249,10 @@ async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
     while probe.next_message(Duration::from_millis(1)).await.is_some() {
         low_seen += 1;
     }
-    assert!(low_seen < LOW / 2, "urgent waited behind {low_seen} of {LOW} low messages");
+    assert!(
+        low_seen < LOW / 2,
+        "urgent waited behind {low_seen} of {LOW} low messages"
+    );
 
     // a steady stream of high to boss; low keeps draining meanwhile
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -166,7 +262,13 @@ async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = s2.post(&url).bearer_auth(&t2.api_key).json(&json!({"to": {"users": ["boss"]}, "title": "high", "priority": "high"})).send().await.unwrap();
+                let r = s2
+                    .post(&url)
+                    .bearer_auth(&t2.api_key)
+                    .json(&json!({"to": {"users": ["boss"]}, "title": "high", "priority": "high"}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 202);
                 n += 1;
             }
@@ -176,7 +278,11 @@ async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
     let mut during = 0;
     let stream_until = tokio::time::Instant::now() + Duration::from_secs(4);
     while low_seen + during < LOW && tokio::time::Instant::now() < stream_until {
-        if probe.next_message(Duration::from_millis(200)).await.is_some() {
+        if probe
+            .next_message(Duration::from_millis(200))
+            .await
+            .is_some()
+        {
             during += 1;
         }
     }
@@ -191,7 +297,11 @@ async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
             None => break,
         }
     }
-    assert_eq!(low_seen + during + after, LOW, "every low message arrives ({during} while high streamed)");
+    assert_eq!(
+        low_seen + during + after,
+        LOW,
+        "every low message arrives ({during} while high streamed)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,33 +320,83 @@ async fn templates_render_per_channel_and_bad_ones_are_refused_at_send() {
     let (st, v) = s.api(&t, "PUT", "/v1/templates/shipped", Some(tpl)).await;
     assert_eq!(st, 200, "{v}");
     let data = json!({"order": "A-17", "vip": true, "items": ["a", "b"], "at": 1763900000});
-    let (st, p) = s.api(&t, "POST", "/v1/templates/shipped/preview", Some(json!({"data": data}))).await;
+    let (st, p) = s
+        .api(
+            &t,
+            "POST",
+            "/v1/templates/shipped/preview",
+            Some(json!({"data": data})),
+        )
+        .await;
     assert_eq!(st, 200, "{p}");
     assert_eq!(p["inapp"]["title"], "Order A-17 shipped");
     assert_eq!(p["inapp"]["body"], "Dear VIP, A B on 2025-11-23");
     assert_eq!(p["webhook"], json!({"order": "A-17", "kind": "shipped"}));
-    let (_, p) = s.api(&t, "POST", "/v1/templates/shipped/preview", Some(json!({"data": data, "locale": "zh-CN"}))).await;
+    let (_, p) = s
+        .api(
+            &t,
+            "POST",
+            "/v1/templates/shipped/preview",
+            Some(json!({"data": data, "locale": "zh-CN"})),
+        )
+        .await;
     assert_eq!(p["inapp"]["title"], "订单 A-17 已发货");
 
     let mut ws = Ws::connect(&s, &t.token("u")).await;
-    s.send(&t, json!({"to": {"users": ["u"]}, "template": "shipped", "data": data})).await;
+    s.send(
+        &t,
+        json!({"to": {"users": ["u"]}, "template": "shipped", "data": data}),
+    )
+    .await;
     let m = ws.next_message(5 * SEC).await.unwrap();
     assert_eq!(m["title"], "Order A-17 shipped");
 
     let cases = [
-        (json!({"to": {"users": ["u"]}, "template": "nope"}), "template_not_found"),
-        (json!({"to": {"users": ["u"]}, "template": "shipped", "data": {"vip": false}}), "template_variable_missing"),
+        (
+            json!({"to": {"users": ["u"]}, "template": "nope"}),
+            "template_not_found",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "template": "shipped", "data": {"vip": false}}),
+            "template_variable_missing",
+        ),
     ];
     for (body, code) in cases {
         let (st, v) = s.api(&t, "POST", "/v1/messages", Some(body)).await;
         assert_eq!((st, v["error"]["code"].as_str()), (422, Some(code)));
     }
-    let (st, v) = s.api(&t, "PUT", "/v1/templates/bad", Some(json!({"inapp": {"title": "{{ x", "body": ""}}))).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (422, Some("template_invalid")));
+    let (st, v) = s
+        .api(
+            &t,
+            "PUT",
+            "/v1/templates/bad",
+            Some(json!({"inapp": {"title": "{{ x", "body": ""}})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (422, Some("template_invalid"))
+    );
     // a variable used by the template but not given
-    s.api(&t, "PUT", "/v1/templates/loose", Some(json!({"inapp": {"title": "{{ who }}", "body": ""}}))).await;
-    let (st, v) = s.api(&t, "POST", "/v1/messages", Some(json!({"to": {"users": ["u"]}, "template": "loose"}))).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (422, Some("template_variable_missing")));
+    s.api(
+        &t,
+        "PUT",
+        "/v1/templates/loose",
+        Some(json!({"inapp": {"title": "{{ who }}", "body": ""}})),
+    )
+    .await;
+    let (st, v) = s
+        .api(
+            &t,
+            "POST",
+            "/v1/messages",
+            Some(json!({"to": {"users": ["u"]}, "template": "loose"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (422, Some("template_variable_missing"))
+    );
 }
 
 /// A webhook receiver that answers from a script of statuses and records what it got.
@@ -274,14 +434,22 @@ async fn wait_status(s: &Server, t: &Tenant, id: &str, want: &str) -> Value {
     loop {
         let (st, m) = s.api(t, "GET", &format!("/v1/messages/{id}"), None).await;
         if st == 200 {
-            let r = m["recipients"].as_array().unwrap().iter().find(|r| r["channel"] == "webhook").cloned();
+            let r = m["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["channel"] == "webhook")
+                .cloned();
             if let Some(r) = r {
                 if r["status"] == want {
                     return r;
                 }
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "status never became {want}: {m}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never became {want}: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -296,8 +464,15 @@ async fn webhooks_are_signed_retried_dead_lettered_and_replayed() {
     ])
     .await;
     let rx = receiver(vec![503, 429, 200]).await;
-    let t = s.tenant_with(json!({"name": "hooks", "webhook_url": rx.url})).await;
-    let id = s.send(&t, json!({"to": {"users": ["u"]}, "title": "paid", "channels": ["webhook"]})).await;
+    let t = s
+        .tenant_with(json!({"name": "hooks", "webhook_url": rx.url}))
+        .await;
+    let id = s
+        .send(
+            &t,
+            json!({"to": {"users": ["u"]}, "title": "paid", "channels": ["webhook"]}),
+        )
+        .await;
     let st = wait_status(&s, &t, &id, "delivered").await;
     assert_eq!(st["attempts"], 3, "503 and 429 retried, then 200");
     {
@@ -316,13 +491,23 @@ async fn webhooks_are_signed_retried_dead_lettered_and_replayed() {
 
     // a 4xx is permanent: straight to the DLQ, status failed with the error
     *rx.script.lock().unwrap() = vec![400];
-    let id2 = s.send(&t, json!({"to": {"users": ["v"]}, "title": "bad", "channels": ["webhook"]})).await;
+    let id2 = s
+        .send(
+            &t,
+            json!({"to": {"users": ["v"]}, "title": "bad", "channels": ["webhook"]}),
+        )
+        .await;
     let st = wait_status(&s, &t, &id2, "failed").await;
     assert_eq!(st["last_error"], "http 400");
     assert_eq!(st["attempts"], 1);
     // exhausted retries also land there
     *rx.script.lock().unwrap() = vec![500];
-    let id3 = s.send(&t, json!({"to": {"users": ["w"]}, "title": "down", "channels": ["webhook"]})).await;
+    let id3 = s
+        .send(
+            &t,
+            json!({"to": {"users": ["w"]}, "title": "down", "channels": ["webhook"]}),
+        )
+        .await;
     let st = wait_status(&s, &t, &id3, "failed").await;
     assert_eq!(st["attempts"], 4);
     assert_eq!(st["last_error"], "http 500");
@@ -334,7 +519,14 @@ async fn webhooks_are_signed_retried_dead_lettered_and_replayed() {
     // the endpoint recovers; replay both
     *rx.script.lock().unwrap() = vec![200];
     for it in items {
-        let (code, _) = s.api(&t, "POST", &format!("/v1/dlq/{}/replay", it["id"].as_str().unwrap()), None).await;
+        let (code, _) = s
+            .api(
+                &t,
+                "POST",
+                &format!("/v1/dlq/{}/replay", it["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
         assert_eq!(code, 202);
     }
     wait_status(&s, &t, &id2, "delivered").await;
@@ -342,7 +534,10 @@ async fn webhooks_are_signed_retried_dead_lettered_and_replayed() {
     let (_, dlq) = s.api(&t, "GET", "/v1/dlq", None).await;
     assert!(dlq["items"].as_array().unwrap().is_empty());
     let (code, v) = s.api(&t, "POST", "/v1/dlq/nope/replay", None).await;
-    assert_eq!((code, v["error"]["code"].as_str()), (404, Some("dlq_entry_not_found")));
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("dlq_entry_not_found"))
+    );
     assert!(s.metrics().await.contains("tidings_dlq_total"));
 }
 
@@ -361,8 +556,14 @@ async fn idempotency_key_returns_the_first_id_and_delivers_once() {
     // the same key from another tenant is another message
     let (_, c) = s.api(&other, "POST", "/v1/messages", Some(body)).await;
     assert_ne!(a["message_id"], c["message_id"]);
-    assert_eq!(ws.next_message(5 * SEC).await.unwrap()["id"], a["message_id"]);
-    assert!(ws.next_message(Duration::from_millis(700)).await.is_none(), "delivered once");
+    assert_eq!(
+        ws.next_message(5 * SEC).await.unwrap()["id"],
+        a["message_id"]
+    );
+    assert!(
+        ws.next_message(Duration::from_millis(700)).await.is_none(),
+        "delivered once"
+    );
     assert_eq!(s.inbox_all(&t.token("u")).await.len(), 1);
 }
 
@@ -372,7 +573,12 @@ async fn bad_input_gets_stable_codes_and_the_server_keeps_serving() {
     let t = s.tenant().await;
     let other = s.tenant().await;
     let post = |key: &str, body: String| {
-        s.http.post(s.url("/v1/messages")).bearer_auth(key.to_string()).header("content-type", "application/json").body(body).send()
+        s.http
+            .post(s.url("/v1/messages"))
+            .bearer_auth(key.to_string())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
     };
     let code_of = |r: reqwest::Response| async move {
         let st = r.status().as_u16();
@@ -381,53 +587,133 @@ async fn bad_input_gets_stable_codes_and_the_server_keeps_serving() {
     };
     let cases: Vec<(String, u16, &str)> = vec![
         ("{not json".into(), 400, "invalid_json"),
-        (json!({"to": {}, "title": "x"}).to_string(), 422, "no_recipients"),
-        (json!({"to": {"users": ["u"]}, "title": "x", "priority": "asap"}).to_string(), 422, "invalid_priority"),
-        (json!({"to": {"users": ["u"]}, "title": "x", "channels": ["pigeon"]}).to_string(), 422, "invalid_channel"),
-        (json!({"to": {"users": ["u"]}, "title": "x", "channels": ["webhook"]}).to_string(), 422, "channel_not_configured"),
-        (json!({"to": {"users": ["u"]}}).to_string(), 422, "missing_content"),
-        (json!({"to": {"users": ["u"]}, "title": "x", "bogus": 1}).to_string(), 422, "invalid_request"),
-        (json!({"to": {"users": ["u"]}, "title": "x".repeat(70_000)}).to_string(), 413, "payload_too_large"),
+        (
+            json!({"to": {}, "title": "x"}).to_string(),
+            422,
+            "no_recipients",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "title": "x", "priority": "asap"}).to_string(),
+            422,
+            "invalid_priority",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "title": "x", "channels": ["pigeon"]}).to_string(),
+            422,
+            "invalid_channel",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "title": "x", "channels": ["webhook"]}).to_string(),
+            422,
+            "channel_not_configured",
+        ),
+        (
+            json!({"to": {"users": ["u"]}}).to_string(),
+            422,
+            "missing_content",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "title": "x", "bogus": 1}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        (
+            json!({"to": {"users": ["u"]}, "title": "x".repeat(70_000)}).to_string(),
+            413,
+            "payload_too_large",
+        ),
     ];
     for (body, want_status, want_code) in cases {
         let (st, code) = code_of(post(&t.api_key, body).await.unwrap()).await;
         assert_eq!((st, code.as_str()), (want_status, want_code));
     }
-    let (st, code) = code_of(post("tk_wrong", json!({"to": {"users": ["u"]}, "title": "x"}).to_string()).await.unwrap()).await;
+    let (st, code) = code_of(
+        post(
+            "tk_wrong",
+            json!({"to": {"users": ["u"]}, "title": "x"}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
     assert_eq!((st, code.as_str()), (401, "auth_invalid_key"));
-    let r = s.http.post(s.url("/v1/messages")).body("{}").send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/messages"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await, (401, "auth_missing".to_string()));
-    let r = s.http.post(s.url("/v1/admin/tenants")).bearer_auth("nope").send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/admin/tenants"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(code_of(r).await.0, 401);
 
     // user tokens: expired, signed by another tenant's secret, garbage
     let expired = t.token_exp("u", -3600);
     let (st, v) = s.user_api(&expired, "GET", "/v1/inbox", None).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("auth_token_expired")));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("auth_token_expired"))
+    );
     let forged = {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let claims = json!({"sub": "u", "tid": t.id, "exp": now + 600});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(other.jwt_secret.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(other.jwt_secret.as_bytes()),
+        )
+        .unwrap()
     };
     let (st, v) = s.user_api(&forged, "GET", "/v1/inbox", None).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("auth_invalid_token")));
-    let (st, _) = s.user_api("garbage", "GET", "/v1/inbox/unread_count", None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("auth_invalid_token"))
+    );
+    let (st, _) = s
+        .user_api("garbage", "GET", "/v1/inbox/unread_count", None)
+        .await;
     assert_eq!(st, 401);
-    let ws_err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={expired}", s.addr)).await;
+    let ws_err =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={expired}", s.addr)).await;
     assert!(ws_err.is_err(), "an expired token cannot open a connection");
 
     // garbage frames get error frames; the connection keeps working
     let mut ws = Ws::connect(&s, &t.token("u")).await;
-    for bad in ["not json", "{\"type\":\"launch\"}", "{\"type\":\"ack\"}", "[1,2]"] {
+    for bad in [
+        "not json",
+        "{\"type\":\"launch\"}",
+        "{\"type\":\"ack\"}",
+        "[1,2]",
+    ] {
         ws.send_raw(Message::Text(bad.into())).await;
         let f = ws.next_frame(5 * SEC).await.unwrap();
-        assert_eq!((f["type"].as_str(), f["code"].as_str()), (Some("error"), Some("invalid_frame")), "{bad}");
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("invalid_frame")),
+            "{bad}"
+        );
     }
-    ws.send_raw(Message::Binary(vec![0, 159, 146, 150].into())).await;
-    assert_eq!(ws.next_frame(5 * SEC).await.unwrap()["code"], "invalid_frame");
+    ws.send_raw(Message::Binary(vec![0, 159, 146, 150].into()))
+        .await;
+    assert_eq!(
+        ws.next_frame(5 * SEC).await.unwrap()["code"],
+        "invalid_frame"
+    );
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next_frame(5 * SEC).await.unwrap()["type"], "pong");
-    let id = s.send(&t, json!({"to": {"users": ["u"]}, "title": "still here"})).await;
+    let id = s
+        .send(&t, json!({"to": {"users": ["u"]}, "title": "still here"}))
+        .await;
     assert_eq!(ws.next_message(5 * SEC).await.unwrap()["id"], id.as_str());
 }
 
@@ -439,15 +725,30 @@ async fn every_accepted_send_survives_sigkill_exactly_once() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut senders = Vec::new();
     for w in 0..4 {
-        let (acc, stop, http, url, key) = (accepted.clone(), stop.clone(), s.http.clone(), s.url("/v1/messages"), t.api_key.clone());
+        let (acc, stop, http, url, key) = (
+            accepted.clone(),
+            stop.clone(),
+            s.http.clone(),
+            s.url("/v1/messages"),
+            t.api_key.clone(),
+        );
         senders.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let body = json!({"to": {"users": ["victim"]}, "title": format!("w{w}-{i}")});
-                match http.post(&url).bearer_auth(&key).json(&body).timeout(Duration::from_secs(5)).send().await {
+                match http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 202 => {
                         let v: Value = r.json().await.unwrap();
-                        acc.lock().unwrap().push(v["message_id"].as_str().unwrap().to_string());
+                        acc.lock()
+                            .unwrap()
+                            .push(v["message_id"].as_str().unwrap().to_string());
                     }
                     // the process died mid-request: no 202, no promise
                     _ => break,
@@ -482,16 +783,32 @@ async fn every_accepted_send_survives_sigkill_exactly_once() {
     let unique: HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "no message twice in the inbox");
     let missing: Vec<&&str> = want.iter().filter(|id| !unique.contains(**id)).collect();
-    assert!(missing.is_empty(), "{} of {} accepted sends lost: {missing:?}", missing.len(), want.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted sends lost: {missing:?}",
+        missing.len(),
+        want.len()
+    );
 
     let mut ws = Ws::connect(&s, &token).await;
     ws.send(json!({"type": "resume"})).await;
     let frames = ws.until("ok", 30 * SEC).await;
-    let got: Vec<&str> = frames.iter().filter(|f| f["type"] == "message").map(|f| f["id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
     let got_set: HashSet<&str> = got.iter().copied().collect();
     assert_eq!(got_set.len(), got.len(), "the client gets each once");
-    assert!(want.is_subset(&got_set), "every accepted send reaches the reconnected client");
-    let seqs: Vec<u64> = frames.iter().filter(|f| f["type"] == "message").map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert!(
+        want.is_subset(&got_set),
+        "every accepted send reaches the reconnected client"
+    );
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first");
 }
 
@@ -499,10 +816,20 @@ async fn every_accepted_send_survives_sigkill_exactly_once() {
 async fn health_readiness_and_metrics() {
     let s = Server::start(&[]).await;
     let t = s.tenant().await;
-    assert_eq!(s.http.get(s.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(s.http.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        s.http.get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     let mut ws = Ws::connect(&s, &t.token("u")).await;
-    s.send(&t, json!({"to": {"users": ["u"]}, "title": "m", "priority": "high"})).await;
+    s.send(
+        &t,
+        json!({"to": {"users": ["u"]}, "title": "m", "priority": "high"}),
+    )
+    .await;
     ws.next_message(5 * SEC).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let m = s.metrics().await;

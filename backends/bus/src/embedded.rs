@@ -74,9 +74,9 @@ impl EmbeddedBus {
     /// Open (or create) the bus file; starts the retention task if a tokio runtime is running.
     pub fn open(path: &Path, partitions: u32, retention: Duration) -> Result<EmbeddedBus> {
         let engine = Engine::open(path, "bus", |txn| {
-            txn.open_table(LOG)?;
-            txn.open_table(OFFSETS)?;
-            txn.open_table(TOPICS)?;
+            txn.open_table(LOG).map_err(storage_err)?;
+            txn.open_table(OFFSETS).map_err(storage_err)?;
+            txn.open_table(TOPICS).map_err(storage_err)?;
             Ok(())
         })?;
         let mut topics = HashMap::new();
@@ -138,7 +138,9 @@ impl EmbeddedBus {
             .expect("topics lock")
             .get(topic)
             .copied()
-            .ok_or_else(|| Error::invalid("topic_not_found", format!("topic `{topic}` does not exist")))
+            .ok_or_else(|| {
+                Error::invalid("topic_not_found", format!("topic `{topic}` does not exist"))
+            })
     }
 
     /// Drop records below every group's committed offset, and records older than `retention`
@@ -167,14 +169,20 @@ impl EmbeddedBus {
                     .write(move |txn| {
                         let mut log = txn.open_table(LOG).map_err(storage_err)?;
                         let mut doomed = Vec::new();
-                        for row in log.range((topic.as_str(), p, 0)..=(topic.as_str(), p, u64::MAX)).map_err(storage_err)? {
+                        for row in log
+                            .range((topic.as_str(), p, 0)..=(topic.as_str(), p, u64::MAX))
+                            .map_err(storage_err)?
+                        {
                             let (k, v) = row.map_err(storage_err)?;
                             let off = k.value().2;
                             let old = match limit {
                                 Some(min) => off < min,
                                 None => {
                                     let raw = v.value();
-                                    raw.len() >= 8 && i64::from_be_bytes(raw[..8].try_into().unwrap_or_default()) < cutoff
+                                    raw.len() >= 8
+                                        && i64::from_be_bytes(
+                                            raw[..8].try_into().unwrap_or_default(),
+                                        ) < cutoff
                                 }
                             };
                             if !old || doomed.len() >= 50_000 {
@@ -220,7 +228,13 @@ fn committed_all(r: &redb::ReadTransaction, topic: &str, p: u32) -> Result<Vec<u
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn ensure_topic(&self, topic: &str) -> Result<()> {
-        if self.inner.topics.lock().expect("topics lock").contains_key(topic) {
+        if self
+            .inner
+            .topics
+            .lock()
+            .expect("topics lock")
+            .contains_key(topic)
+        {
             return Ok(());
         }
         let parts = self.inner.default_partitions;
@@ -230,7 +244,10 @@ impl Bus for EmbeddedBus {
             .engine
             .write(move |txn| {
                 let mut t = txn.open_table(TOPICS).map_err(storage_err)?;
-                let existing = t.get(name.as_str()).map_err(storage_err)?.map(|v| v.value());
+                let existing = t
+                    .get(name.as_str())
+                    .map_err(storage_err)?
+                    .map(|v| v.value());
                 let parts = match existing {
                     Some(p) => p,
                     None => {
@@ -242,7 +259,11 @@ impl Bus for EmbeddedBus {
                 for p in 0..parts {
                     heads.entry((name.clone(), p)).or_insert(0);
                 }
-                inner.topics.lock().expect("topics lock").insert(name, parts);
+                inner
+                    .topics
+                    .lock()
+                    .expect("topics lock")
+                    .insert(name, parts);
                 Ok(())
             })
             .await
@@ -268,10 +289,16 @@ impl Bus for EmbeddedBus {
                 for (r, p) in records.iter().zip(parts) {
                     let head = heads.entry((r.topic.clone(), p)).or_insert(0);
                     let offset = *head;
-                    log.insert((r.topic.as_str(), p, offset), encode(ts, &r.key, &r.value).as_slice())
-                        .map_err(storage_err)?;
+                    log.insert(
+                        (r.topic.as_str(), p, offset),
+                        encode(ts, &r.key, &r.value).as_slice(),
+                    )
+                    .map_err(storage_err)?;
                     *head += 1;
-                    out.push(Position { partition: p, offset });
+                    out.push(Position {
+                        partition: p,
+                        offset,
+                    });
                 }
                 Ok(out)
             })
@@ -286,7 +313,10 @@ impl Bus for EmbeddedBus {
         let t = r.open_table(OFFSETS).map_err(storage_err)?;
         let mut positions = Vec::with_capacity(parts as usize);
         for p in 0..parts {
-            let committed = t.get((group, topic, p)).map_err(storage_err)?.map(|v| v.value());
+            let committed = t
+                .get((group, topic, p))
+                .map_err(storage_err)?
+                .map(|v| v.value());
             positions.push(committed.unwrap_or(0));
         }
         Ok(Box::new(EmbeddedConsumer {
@@ -305,7 +335,11 @@ impl Bus for EmbeddedBus {
         let heads = self.inner.heads.lock().expect("heads lock").clone();
         let mut lag = 0;
         for p in 0..parts {
-            let committed = t.get((group, topic, p)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0);
+            let committed = t
+                .get((group, topic, p))
+                .map_err(storage_err)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let head = heads.get(&(topic.to_string(), p)).copied().unwrap_or(0);
             lag += head.saturating_sub(committed);
         }
@@ -340,7 +374,10 @@ impl EmbeddedConsumer {
             let p = (self.next_partition + i) % n;
             let from = self.positions[p];
             let range = log
-                .range((self.topic.as_str(), p as u32, from)..=(self.topic.as_str(), p as u32, u64::MAX))
+                .range(
+                    (self.topic.as_str(), p as u32, from)
+                        ..=(self.topic.as_str(), p as u32, u64::MAX),
+                )
                 .map_err(storage_err)?;
             for row in range {
                 if out.len() >= max {
@@ -389,9 +426,13 @@ impl Consumer for EmbeddedConsumer {
             .write(move |txn| {
                 let mut t = txn.open_table(OFFSETS).map_err(storage_err)?;
                 for (p, next) in offsets {
-                    let cur = t.get((group.as_str(), topic.as_str(), p)).map_err(storage_err)?.map(|v| v.value());
+                    let cur = t
+                        .get((group.as_str(), topic.as_str(), p))
+                        .map_err(storage_err)?
+                        .map(|v| v.value());
                     if cur.is_none_or(|c| c < next) {
-                        t.insert((group.as_str(), topic.as_str(), p), next).map_err(storage_err)?;
+                        t.insert((group.as_str(), topic.as_str(), p), next)
+                            .map_err(storage_err)?;
                     }
                 }
                 Ok(())
@@ -407,7 +448,8 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(&dir.path().join("bus.redb"), 4, Duration::from_secs(3600)).unwrap();
+        let bus =
+            EmbeddedBus::open(&dir.path().join("bus.redb"), 4, Duration::from_secs(3600)).unwrap();
         tidings_core::conformance::bus_conformance(&bus, "t").await;
     }
 
@@ -418,7 +460,9 @@ mod tests {
         {
             let bus = EmbeddedBus::open(&path, 2, Duration::from_secs(3600)).unwrap();
             bus.ensure_topic("a").await.unwrap();
-            let recs = (0..10u8).map(|i| OutRecord::new("a", vec![i], vec![i])).collect();
+            let recs = (0..10u8)
+                .map(|i| OutRecord::new("a", vec![i], vec![i]))
+                .collect();
             bus.append(recs).await.unwrap();
             let mut c = bus.consumer("g", "a").await.unwrap();
             let got = c.poll(4, Duration::from_secs(1)).await.unwrap();
@@ -445,7 +489,10 @@ mod tests {
         let rest = c.poll(100, Duration::from_secs(1)).await.unwrap();
         assert_eq!(rest.len(), 6);
         // offsets continue after reopen
-        let pos = bus.append(vec![OutRecord::new("a", vec![0], vec![99])]).await.unwrap();
+        let pos = bus
+            .append(vec![OutRecord::new("a", vec![0], vec![99])])
+            .await
+            .unwrap();
         assert!(pos[0].offset > 0);
     }
 }

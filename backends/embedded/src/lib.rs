@@ -37,7 +37,7 @@ impl Engine {
     pub fn open(
         path: &Path,
         name: &'static str,
-        init: impl FnOnce(&WriteTransaction) -> std::result::Result<(), redb::Error>,
+        init: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<Engine> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(storage_err)?;
@@ -47,7 +47,7 @@ impl Engine {
             .create(path)
             .map_err(storage_err)?;
         let txn = db.begin_write().map_err(storage_err)?;
-        init(&txn).map_err(storage_err)?;
+        init(&txn)?;
         txn.commit().map_err(storage_err)?;
         let db = Arc::new(db);
         let (tx, rx) = tokio::sync::mpsc::channel::<Job>(MAX_GROUP * 4);

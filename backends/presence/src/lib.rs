@@ -25,9 +25,12 @@ pub fn open(config: &Config) -> Result<Arc<dyn Presence>> {
     }
 }
 
+/// Connections of one shard, by (tenant, user).
+type Shard = RwLock<HashMap<(String, String), Vec<(ConnId, ConnSink)>>>;
+
 /// Connections of this process, by (tenant, user). Sharded to keep lock hold times short.
 pub struct LocalPresence {
-    shards: Vec<RwLock<HashMap<(String, String), Vec<(ConnId, ConnSink)>>>>,
+    shards: Vec<Shard>,
     next_id: AtomicU64,
     count: AtomicUsize,
 }
@@ -43,8 +46,11 @@ impl Default for LocalPresence {
 }
 
 impl LocalPresence {
-    fn shard(&self, tenant: &str, user: &str) -> &RwLock<HashMap<(String, String), Vec<(ConnId, ConnSink)>>> {
-        let h = tidings_core::bus::partition_for(format!("{tenant}\0{user}").as_bytes(), self.shards.len() as u32);
+    fn shard(&self, tenant: &str, user: &str) -> &Shard {
+        let h = tidings_core::bus::partition_for(
+            format!("{tenant}\0{user}").as_bytes(),
+            self.shards.len() as u32,
+        );
         &self.shards[h as usize]
     }
 }
@@ -54,7 +60,9 @@ impl Presence for LocalPresence {
     fn attach(&self, tenant: &str, user: &str, sink: ConnSink) -> ConnId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut m = self.shard(tenant, user).write().expect("presence lock");
-        m.entry((tenant.to_string(), user.to_string())).or_default().push((id, sink));
+        m.entry((tenant.to_string(), user.to_string()))
+            .or_default()
+            .push((id, sink));
         self.count.fetch_add(1, Ordering::Relaxed);
         id
     }
@@ -110,11 +118,21 @@ mod tests {
 
     fn sink(cap: usize) -> (ConnSink, tokio::sync::mpsc::Receiver<Push>) {
         let (tx, rx) = tokio::sync::mpsc::channel(cap);
-        (ConnSink { tx, close: CancellationToken::new() }, rx)
+        (
+            ConnSink {
+                tx,
+                close: CancellationToken::new(),
+            },
+            rx,
+        )
     }
 
     fn push(id: &str) -> Push {
-        Push { message_id: id.into(), seq: 1, frame: Arc::from("{}") }
+        Push {
+            message_id: id.into(),
+            seq: 1,
+            frame: Arc::from("{}"),
+        }
     }
 
     #[tokio::test]
@@ -127,9 +145,16 @@ mod tests {
         p.attach("t", "u", b);
         assert_eq!(p.local_connections(), 2);
         assert_eq!(p.push("t", "u", push("m1")).await.unwrap(), 2);
-        assert_eq!(p.push("t2", "u", push("m1")).await.unwrap(), 0, "tenants are apart");
+        assert_eq!(
+            p.push("t2", "u", push("m1")).await.unwrap(),
+            0,
+            "tenants are apart"
+        );
         assert_eq!(p.push("t", "u", push("m2")).await.unwrap(), 1);
-        assert!(b_close.is_cancelled(), "the slow connection is told to close");
+        assert!(
+            b_close.is_cancelled(),
+            "the slow connection is told to close"
+        );
         assert_eq!(ra.recv().await.unwrap().message_id, "m1");
         assert_eq!(ra.recv().await.unwrap().message_id, "m2");
         assert_eq!(rb.recv().await.unwrap().message_id, "m1");

@@ -30,9 +30,13 @@ const INBOX_INDEX: TableDefinition<'static, (&'static str, &'static str, &'stati
     TableDefinition::new("inbox_index");
 const USER_SEQ: TableDefinition<'static, (&'static str, &'static str), u64> =
     TableDefinition::new("user_seq");
-const UNREAD: TableDefinition<'static, (&'static str, &'static str), u64> = TableDefinition::new("unread");
-const STATUS: TableDefinition<'static, (&'static str, &'static str, &'static str, &'static str), &'static [u8]> =
-    TableDefinition::new("delivery_status");
+const UNREAD: TableDefinition<'static, (&'static str, &'static str), u64> =
+    TableDefinition::new("unread");
+const STATUS: TableDefinition<
+    'static,
+    (&'static str, &'static str, &'static str, &'static str),
+    &'static [u8],
+> = TableDefinition::new("delivery_status");
 const DLQ: T2 = TableDefinition::new("dlq");
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -65,19 +69,19 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<EmbeddedStore> {
         let engine = Engine::open(path, "store", |txn| {
             for t in [TENANTS, API_KEYS] {
-                txn.open_table(t)?;
+                txn.open_table(t).map_err(storage_err)?;
             }
             for t in [USERS, TEMPLATES, IDEMPOTENCY, MESSAGES, DLQ] {
-                txn.open_table(t)?;
+                txn.open_table(t).map_err(storage_err)?;
             }
             for t in [TAGS, SUBS, USER_SUBS] {
-                txn.open_table(t)?;
+                txn.open_table(t).map_err(storage_err)?;
             }
-            txn.open_table(INBOX)?;
-            txn.open_table(INBOX_INDEX)?;
-            txn.open_table(USER_SEQ)?;
-            txn.open_table(UNREAD)?;
-            txn.open_table(STATUS)?;
+            txn.open_table(INBOX).map_err(storage_err)?;
+            txn.open_table(INBOX_INDEX).map_err(storage_err)?;
+            txn.open_table(USER_SEQ).map_err(storage_err)?;
+            txn.open_table(UNREAD).map_err(storage_err)?;
+            txn.open_table(STATUS).map_err(storage_err)?;
             Ok(())
         })?;
         Ok(EmbeddedStore { engine })
@@ -91,7 +95,14 @@ impl EmbeddedStore {
     }
 
     /// Third components of `(a, b, *)` keys after `after`, in order.
-    fn page3(&self, def: T3, a: &str, b: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+    fn page3(
+        &self,
+        def: T3,
+        a: &str,
+        b: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>> {
         let r = self.engine.read()?;
         let t = r.open_table(def).map_err(storage_err)?;
         let start = after.unwrap_or("");
@@ -129,10 +140,18 @@ fn set_inbox_status_in(
     let mut changed = Vec::new();
     let mut unread_delta: i64 = 0;
     for id in ids {
-        let Some(seq) = idx.get((tenant, user, id.as_str())).map_err(storage_err)?.map(|v| v.value()) else {
+        let Some(seq) = idx
+            .get((tenant, user, id.as_str()))
+            .map_err(storage_err)?
+            .map(|v| v.value())
+        else {
             continue;
         };
-        let Some(raw) = inbox.get((tenant, user, seq)).map_err(storage_err)?.map(|v| v.value().to_vec()) else {
+        let Some(raw) = inbox
+            .get((tenant, user, seq))
+            .map_err(storage_err)?
+            .map(|v| v.value().to_vec())
+        else {
             continue;
         };
         let mut item: InboxItem = from_json(&raw)?;
@@ -143,7 +162,9 @@ fn set_inbox_status_in(
             unread_delta -= 1;
         }
         item.status = status;
-        inbox.insert((tenant, user, seq), to_json(&item)?.as_slice()).map_err(storage_err)?;
+        inbox
+            .insert((tenant, user, seq), to_json(&item)?.as_slice())
+            .map_err(storage_err)?;
         changed.push(id.clone());
     }
     if unread_delta != 0 {
@@ -154,15 +175,25 @@ fn set_inbox_status_in(
 
 fn add_unread(txn: &WriteTransaction, tenant: &str, user: &str, delta: i64) -> Result<()> {
     let mut t = txn.open_table(UNREAD).map_err(storage_err)?;
-    let cur = t.get((tenant, user)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0);
+    let cur = t
+        .get((tenant, user))
+        .map_err(storage_err)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     let next = (cur as i64 + delta).max(0) as u64;
     t.insert((tenant, user), next).map_err(storage_err)?;
     Ok(())
 }
 
-fn touch_in(users: &mut Table<'_, (&'static str, &'static str), &'static [u8]>, tenant: &str, user: &str) -> Result<()> {
+fn touch_in(
+    users: &mut Table<'_, (&'static str, &'static str), &'static [u8]>,
+    tenant: &str,
+    user: &str,
+) -> Result<()> {
     if users.get((tenant, user)).map_err(storage_err)?.is_none() {
-        users.insert((tenant, user), b"{}".as_slice()).map_err(storage_err)?;
+        users
+            .insert((tenant, user), b"{}".as_slice())
+            .map_err(storage_err)?;
     }
     Ok(())
 }
@@ -181,9 +212,11 @@ impl Store for EmbeddedStore {
                         format!("tenant `{}` exists", tenant.id),
                     ));
                 }
-                t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice()).map_err(storage_err)?;
+                t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice())
+                    .map_err(storage_err)?;
                 let mut k = txn.open_table(API_KEYS).map_err(storage_err)?;
-                k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes()).map_err(storage_err)?;
+                k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes())
+                    .map_err(storage_err)?;
                 Ok(())
             })
             .await
@@ -202,11 +235,13 @@ impl Store for EmbeddedStore {
                 let Some(old) = old else {
                     return Err(Error::not_found("tenant_not_found", "no such tenant"));
                 };
-                t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice()).map_err(storage_err)?;
+                t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice())
+                    .map_err(storage_err)?;
                 if old.api_key_hash != tenant.api_key_hash {
                     let mut k = txn.open_table(API_KEYS).map_err(storage_err)?;
                     k.remove(old.api_key_hash.as_str()).map_err(storage_err)?;
-                    k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes()).map_err(storage_err)?;
+                    k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes())
+                        .map_err(storage_err)?;
                 }
                 Ok(())
             })
@@ -238,19 +273,27 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut users = txn.open_table(USERS).map_err(storage_err)?;
-                let old: UserProfile = match users.get((tenant.as_str(), user.as_str())).map_err(storage_err)? {
+                let old: UserProfile = match users
+                    .get((tenant.as_str(), user.as_str()))
+                    .map_err(storage_err)?
+                {
                     Some(v) => from_json(v.value())?,
                     None => UserProfile::default(),
                 };
                 users
-                    .insert((tenant.as_str(), user.as_str()), to_json(&profile)?.as_slice())
+                    .insert(
+                        (tenant.as_str(), user.as_str()),
+                        to_json(&profile)?.as_slice(),
+                    )
                     .map_err(storage_err)?;
                 let mut tags = txn.open_table(TAGS).map_err(storage_err)?;
                 for tag in &old.tags {
-                    tags.remove((tenant.as_str(), tag.as_str(), user.as_str())).map_err(storage_err)?;
+                    tags.remove((tenant.as_str(), tag.as_str(), user.as_str()))
+                        .map_err(storage_err)?;
                 }
                 for tag in &profile.tags {
-                    tags.insert((tenant.as_str(), tag.as_str(), user.as_str()), 1).map_err(storage_err)?;
+                    tags.insert((tenant.as_str(), tag.as_str(), user.as_str()), 1)
+                        .map_err(storage_err)?;
                 }
                 Ok(())
             })
@@ -314,7 +357,13 @@ impl Store for EmbeddedStore {
         Ok(Page { items, next })
     }
 
-    async fn users_tagged(&self, tenant: &str, tag: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+    async fn users_tagged(
+        &self,
+        tenant: &str,
+        tag: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>> {
         self.page3(TAGS, tenant, tag, after, limit)
     }
 
@@ -323,9 +372,11 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut s = txn.open_table(SUBS).map_err(storage_err)?;
-                s.insert((tenant.as_str(), topic.as_str(), user.as_str()), 1).map_err(storage_err)?;
+                s.insert((tenant.as_str(), topic.as_str(), user.as_str()), 1)
+                    .map_err(storage_err)?;
                 let mut us = txn.open_table(USER_SUBS).map_err(storage_err)?;
-                us.insert((tenant.as_str(), user.as_str(), topic.as_str()), 1).map_err(storage_err)?;
+                us.insert((tenant.as_str(), user.as_str(), topic.as_str()), 1)
+                    .map_err(storage_err)?;
                 let mut users = txn.open_table(USERS).map_err(storage_err)?;
                 touch_in(&mut users, &tenant, &user)
             })
@@ -337,15 +388,25 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut s = txn.open_table(SUBS).map_err(storage_err)?;
-                let was = s.remove((tenant.as_str(), topic.as_str(), user.as_str())).map_err(storage_err)?.is_some();
+                let was = s
+                    .remove((tenant.as_str(), topic.as_str(), user.as_str()))
+                    .map_err(storage_err)?
+                    .is_some();
                 let mut us = txn.open_table(USER_SUBS).map_err(storage_err)?;
-                us.remove((tenant.as_str(), user.as_str(), topic.as_str())).map_err(storage_err)?;
+                us.remove((tenant.as_str(), user.as_str(), topic.as_str()))
+                    .map_err(storage_err)?;
                 Ok(was)
             })
             .await
     }
 
-    async fn subscribers(&self, tenant: &str, topic: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
+    async fn subscribers(
+        &self,
+        tenant: &str,
+        topic: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>> {
         self.page3(SUBS, tenant, topic, after, limit)
     }
 
@@ -358,7 +419,8 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(TEMPLATES).map_err(storage_err)?;
-                t.insert((tenant.as_str(), key.as_str()), raw.as_slice()).map_err(storage_err)?;
+                t.insert((tenant.as_str(), key.as_str()), raw.as_slice())
+                    .map_err(storage_err)?;
                 Ok(())
             })
             .await
@@ -368,7 +430,14 @@ impl Store for EmbeddedStore {
         self.get2(TEMPLATES, tenant, key)
     }
 
-    async fn claim_idempotency(&self, tenant: &str, key: &str, message_id: &str, now_ms: i64, ttl_ms: i64) -> Result<Claim> {
+    async fn claim_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        message_id: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Claim> {
         let (tenant, key, id) = (tenant.to_string(), key.to_string(), message_id.to_string());
         self.engine
             .write(move |txn| {
@@ -383,8 +452,11 @@ impl Store for EmbeddedStore {
                         return Ok(Claim::Existing(prev));
                     }
                 }
-                t.insert((tenant.as_str(), key.as_str()), to_json(&(id, now_ms))?.as_slice())
-                    .map_err(storage_err)?;
+                t.insert(
+                    (tenant.as_str(), key.as_str()),
+                    to_json(&(id, now_ms))?.as_slice(),
+                )
+                .map_err(storage_err)?;
                 Ok(Claim::New)
             })
             .await
@@ -401,7 +473,8 @@ impl Store for EmbeddedStore {
                     .map(|v| from_json(v.value()))
                     .transpose()?;
                 if existing.is_some_and(|(prev, _)| prev == id) {
-                    t.remove((tenant.as_str(), key.as_str())).map_err(storage_err)?;
+                    t.remove((tenant.as_str(), key.as_str()))
+                        .map_err(storage_err)?;
                 }
                 Ok(())
             })
@@ -417,7 +490,8 @@ impl Store for EmbeddedStore {
             .write(move |txn| {
                 let mut t = txn.open_table(MESSAGES).map_err(storage_err)?;
                 for (tenant, id, raw) in &rows {
-                    t.insert((tenant.as_str(), id.as_str()), raw.as_slice()).map_err(storage_err)?;
+                    t.insert((tenant.as_str(), id.as_str()), raw.as_slice())
+                        .map_err(storage_err)?;
                 }
                 Ok(())
             })
@@ -439,19 +513,35 @@ impl Store for EmbeddedStore {
                 let mut users = txn.open_table(USERS).map_err(storage_err)?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let (t, u, id) = (row.tenant_id.as_str(), row.user_id.as_str(), row.item.message_id.as_str());
-                    if let Some(seq) = idx.get((t, u, id)).map_err(storage_err)?.map(|v| v.value()) {
+                    let (t, u, id) = (
+                        row.tenant_id.as_str(),
+                        row.user_id.as_str(),
+                        row.item.message_id.as_str(),
+                    );
+                    if let Some(seq) = idx.get((t, u, id)).map_err(storage_err)?.map(|v| v.value())
+                    {
                         out.push(AppendedRow { seq, fresh: false });
                         continue;
                     }
-                    let seq = seqs.get((t, u)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0) + 1;
+                    let seq = seqs
+                        .get((t, u))
+                        .map_err(storage_err)?
+                        .map(|v| v.value())
+                        .unwrap_or(0)
+                        + 1;
                     seqs.insert((t, u), seq).map_err(storage_err)?;
                     let mut item = row.item.clone();
                     item.seq = seq;
                     item.status = InboxStatus::Unread;
-                    inbox.insert((t, u, seq), to_json(&item)?.as_slice()).map_err(storage_err)?;
+                    inbox
+                        .insert((t, u, seq), to_json(&item)?.as_slice())
+                        .map_err(storage_err)?;
                     idx.insert((t, u, id), seq).map_err(storage_err)?;
-                    let n = unread.get((t, u)).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0);
+                    let n = unread
+                        .get((t, u))
+                        .map_err(storage_err)?
+                        .map(|v| v.value())
+                        .unwrap_or(0);
                     unread.insert((t, u), n + 1).map_err(storage_err)?;
                     touch_in(&mut users, t, u)?;
                     out.push(AppendedRow { seq, fresh: true });
@@ -461,12 +551,22 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn inbox_page(&self, tenant: &str, user: &str, before: Option<u64>, limit: usize) -> Result<Vec<InboxItem>> {
+    async fn inbox_page(
+        &self,
+        tenant: &str,
+        user: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<InboxItem>> {
         let r = self.engine.read()?;
         let t = r.open_table(INBOX).map_err(storage_err)?;
         let end = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for row in t.range((tenant, user, 0)..(tenant, user, end)).map_err(storage_err)?.rev() {
+        for row in t
+            .range((tenant, user, 0)..(tenant, user, end))
+            .map_err(storage_err)?
+            .rev()
+        {
             let (_, v) = row.map_err(storage_err)?;
             let item: InboxItem = from_json(v.value())?;
             if item.status == InboxStatus::Deleted {
@@ -480,14 +580,24 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    async fn inbox_after(&self, tenant: &str, user: &str, after: u64, unread_only: bool, limit: usize) -> Result<Vec<InboxItem>> {
+    async fn inbox_after(
+        &self,
+        tenant: &str,
+        user: &str,
+        after: u64,
+        unread_only: bool,
+        limit: usize,
+    ) -> Result<Vec<InboxItem>> {
         let r = self.engine.read()?;
         let t = r.open_table(INBOX).map_err(storage_err)?;
         let mut out = Vec::new();
         if after == u64::MAX {
             return Ok(out);
         }
-        for row in t.range((tenant, user, after + 1)..=(tenant, user, u64::MAX)).map_err(storage_err)? {
+        for row in t
+            .range((tenant, user, after + 1)..=(tenant, user, u64::MAX))
+            .map_err(storage_err)?
+        {
             let (_, v) = row.map_err(storage_err)?;
             let item: InboxItem = from_json(v.value())?;
             if item.status == InboxStatus::Deleted || (unread_only && !item.status.is_unread()) {
@@ -515,7 +625,13 @@ impl Store for EmbeddedStore {
         Ok(v.map(|v| v.value()).unwrap_or(0))
     }
 
-    async fn set_inbox_status(&self, tenant: &str, user: &str, ids: &[String], status: InboxStatus) -> Result<Vec<String>> {
+    async fn set_inbox_status(
+        &self,
+        tenant: &str,
+        user: &str,
+        ids: &[String],
+        status: InboxStatus,
+    ) -> Result<Vec<String>> {
         let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
         self.engine
             .write(move |txn| set_inbox_status_in(txn, &tenant, &user, &ids, status))
@@ -534,19 +650,38 @@ impl Store for EmbeddedStore {
             }
             ids
         };
-        let changed = self.set_inbox_status(tenant, user, &ids, InboxStatus::Read).await?;
+        let changed = self
+            .set_inbox_status(tenant, user, &ids, InboxStatus::Read)
+            .await?;
         Ok(changed.len() as u64)
     }
 
-    async fn put_delivery_status(&self, tenant: &str, message_id: &str, statuses: &[DeliveryStatus]) -> Result<()> {
-        let (tenant, id, statuses) = (tenant.to_string(), message_id.to_string(), statuses.to_vec());
+    async fn put_delivery_status(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        statuses: &[DeliveryStatus],
+    ) -> Result<()> {
+        let (tenant, id, statuses) = (
+            tenant.to_string(),
+            message_id.to_string(),
+            statuses.to_vec(),
+        );
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(STATUS).map_err(storage_err)?;
                 for s in &statuses {
-                    let key = (tenant.as_str(), id.as_str(), s.user_id.as_str(), s.channel.as_str());
-                    let old: Option<DeliveryStatus> =
-                        t.get(key).map_err(storage_err)?.map(|v| from_json(v.value())).transpose()?;
+                    let key = (
+                        tenant.as_str(),
+                        id.as_str(),
+                        s.user_id.as_str(),
+                        s.channel.as_str(),
+                    );
+                    let old: Option<DeliveryStatus> = t
+                        .get(key)
+                        .map_err(storage_err)?
+                        .map(|v| from_json(v.value()))
+                        .transpose()?;
                     if old.is_some_and(|o| delivery_rank(o.state) > delivery_rank(s.state)) {
                         continue;
                     }
@@ -561,7 +696,10 @@ impl Store for EmbeddedStore {
         let r = self.engine.read()?;
         let t = r.open_table(STATUS).map_err(storage_err)?;
         let mut out = Vec::new();
-        for row in t.range((tenant, message_id, "", "")..).map_err(storage_err)? {
+        for row in t
+            .range((tenant, message_id, "", "")..)
+            .map_err(storage_err)?
+        {
             let (k, v) = row.map_err(storage_err)?;
             let (kt, km, _, _) = k.value();
             if kt != tenant || km != message_id {
@@ -577,13 +715,19 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(DLQ).map_err(storage_err)?;
-                t.insert((tenant.as_str(), id.as_str()), raw.as_slice()).map_err(storage_err)?;
+                t.insert((tenant.as_str(), id.as_str()), raw.as_slice())
+                    .map_err(storage_err)?;
                 Ok(())
             })
             .await
     }
 
-    async fn dlq_list(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Vec<DlqEntry>> {
+    async fn dlq_list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DlqEntry>> {
         let r = self.engine.read()?;
         let t = r.open_table(DLQ).map_err(storage_err)?;
         let start = after.unwrap_or("");
@@ -607,7 +751,9 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(DLQ).map_err(storage_err)?;
-                let v = t.remove((tenant.as_str(), id.as_str())).map_err(storage_err)?;
+                let v = t
+                    .remove((tenant.as_str(), id.as_str()))
+                    .map_err(storage_err)?;
                 v.map(|v| from_json(v.value())).transpose()
             })
             .await

@@ -19,7 +19,11 @@ pub struct Server {
 pub const ADMIN: &str = "test-admin-token";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -27,7 +31,10 @@ impl Server {
         let mut s = Server {
             addr: format!("127.0.0.1:{}", free_port()),
             dir: tempfile::tempdir().unwrap(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             http: reqwest::Client::new(),
         };
@@ -41,7 +48,10 @@ impl Server {
             .env("TIDINGS_HTTP_ADDR", &self.addr)
             .env("TIDINGS_DATA_DIR", self.dir.path())
             .env("TIDINGS_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", std::env::var("TIDINGS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TIDINGS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
@@ -83,7 +93,14 @@ impl Server {
     }
 
     pub async fn tenant_with(&self, body: Value) -> Tenant {
-        let r = self.http.post(self.url("/v1/admin/tenants")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/v1/admin/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
         Tenant {
@@ -95,7 +112,13 @@ impl Server {
     }
 
     /// A request with the tenant's API key; returns status and JSON body.
-    pub async fn api(&self, t: &Tenant, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn api(
+        &self,
+        t: &Tenant,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(m, self.url(path)).bearer_auth(&t.api_key);
         if let Some(b) = body {
@@ -114,7 +137,13 @@ impl Server {
     }
 
     /// A request with a user's JWT.
-    pub async fn user_api(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn user_api(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(m, self.url(path)).bearer_auth(token);
         if let Some(b) = body {
@@ -131,7 +160,14 @@ impl Server {
         let mut out = Vec::new();
         let mut cursor = String::new();
         loop {
-            let (s, v) = self.user_api(token, "GET", &format!("/v1/inbox?limit=200&cursor={cursor}"), None).await;
+            let (s, v) = self
+                .user_api(
+                    token,
+                    "GET",
+                    &format!("/v1/inbox?limit=200&cursor={cursor}"),
+                    None,
+                )
+                .await;
             assert_eq!(s, 200, "{v}");
             out.extend(v["items"].as_array().unwrap().iter().cloned());
             match v["next_cursor"].as_str() {
@@ -142,7 +178,14 @@ impl Server {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
@@ -166,7 +209,10 @@ impl Tenant {
     }
 
     pub fn token_exp(&self, user: &str, secs_from_now: i64) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let claims = json!({"sub": user, "tid": self.id, "exp": now + secs_from_now});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
@@ -177,7 +223,8 @@ impl Tenant {
     }
 }
 
-pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client.
 pub struct Ws {
@@ -188,7 +235,9 @@ impl Ws {
     /// Connect with `?token=` and wait for `hello` (the connection is registered by then).
     pub async fn connect(server: &Server, token: &str) -> Ws {
         let url = format!("ws://{}/v1/ws?token={token}", server.addr);
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
         let mut ws = Ws { stream };
         let hello = ws.next_frame(Duration::from_secs(10)).await.expect("hello");
         assert_eq!(hello["type"], "hello");
@@ -196,7 +245,10 @@ impl Ws {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.stream.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -207,7 +259,9 @@ impl Ws {
     pub async fn next_frame(&mut self, timeout: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??;
+            let m = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
             match m.ok()? {
                 Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
                 Message::Close(_) => return None,
@@ -234,7 +288,10 @@ impl Ws {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let f = self.next_frame(left).await.unwrap_or_else(|| panic!("no `{ty}` frame; got {out:?}"));
+            let f = self
+                .next_frame(left)
+                .await
+                .unwrap_or_else(|| panic!("no `{ty}` frame; got {out:?}"));
             let done = f["type"] == ty;
             out.push(f);
             if done {

@@ -32,14 +32,21 @@ pub struct Failure {
 pub fn classify_status(status: u16) -> Option<Failure> {
     match status {
         200..=299 => None,
-        408 | 429 | 500..=599 => Some(Failure { error: format!("http {status}"), retriable: true }),
-        _ => Some(Failure { error: format!("http {status}"), retriable: false }),
+        408 | 429 | 500..=599 => Some(Failure {
+            error: format!("http {status}"),
+            retriable: true,
+        }),
+        _ => Some(Failure {
+            error: format!("http {status}"),
+            retriable: false,
+        }),
     }
 }
 
 /// `v1=<hex HMAC-SHA256(secret, "<ts>.<body>")>`
 pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -60,14 +67,22 @@ pub fn body_of(d: &Delivery) -> String {
 }
 
 /// POST one delivery; `Ok(())` on a 2xx.
-pub async fn post(client: &reqwest::Client, url: &str, secret: &str, d: &Delivery) -> std::result::Result<(), Failure> {
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    d: &Delivery,
+) -> std::result::Result<(), Failure> {
     let body = body_of(d);
     let ts = now_ms() / 1000;
     let res = client
         .post(url)
         .header("content-type", "application/json")
         .header("x-tidings-timestamp", ts.to_string())
-        .header("x-tidings-signature", signature(secret, ts, body.as_bytes()))
+        .header(
+            "x-tidings-signature",
+            signature(secret, ts, body.as_bytes()),
+        )
         .header("x-tidings-message-id", &d.message_id)
         .body(body)
         .send()
@@ -77,14 +92,23 @@ pub async fn post(client: &reqwest::Client, url: &str, secret: &str, d: &Deliver
             None => Ok(()),
             Some(f) => Err(f),
         },
-        Err(e) if e.is_timeout() => Err(Failure { error: "timeout".into(), retriable: true }),
-        Err(e) => Err(Failure { error: format!("request failed: {e}"), retriable: true }),
+        Err(e) if e.is_timeout() => Err(Failure {
+            error: "timeout".into(),
+            retriable: true,
+        }),
+        Err(e) => Err(Failure {
+            error: format!("request failed: {e}"),
+            retriable: true,
+        }),
     }
 }
 
 /// The consumer of `deliveries.webhook`.
 pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
-    let mut consumer = ctx.bus.consumer(crate::GROUP, &ctx.deliveries_topic(Channel::Webhook)).await?;
+    let mut consumer = ctx
+        .bus
+        .consumer(crate::GROUP, &ctx.deliveries_topic(Channel::Webhook))
+        .await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(ctx.config.webhook.timeout_ms))
         .build()
@@ -132,10 +156,22 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
     }
 }
 
-async fn attempt(ctx: &Context, client: &reqwest::Client, d: Delivery, tenant: Option<Tenant>) -> Result<()> {
-    let outcome = match tenant.as_ref().and_then(|t| t.webhook_url.as_deref().map(|u| (u, t.webhook_secret.as_str()))) {
+async fn attempt(
+    ctx: &Context,
+    client: &reqwest::Client,
+    d: Delivery,
+    tenant: Option<Tenant>,
+) -> Result<()> {
+    let outcome = match tenant.as_ref().and_then(|t| {
+        t.webhook_url
+            .as_deref()
+            .map(|u| (u, t.webhook_secret.as_str()))
+    }) {
         Some((url, secret)) => post(client, url, secret, &d).await,
-        None => Err(Failure { error: "the tenant has no webhook endpoint".into(), retriable: false }),
+        None => Err(Failure {
+            error: "the tenant has no webhook endpoint".into(),
+            retriable: false,
+        }),
     };
     match outcome {
         Ok(()) => {
@@ -143,25 +179,57 @@ async fn attempt(ctx: &Context, client: &reqwest::Client, d: Delivery, tenant: O
             metrics::histogram!(DELIVERY_LATENCY_SECONDS, "priority" => d.priority.as_str(), "channel" => "webhook").record(latency);
             metrics::counter!(DELIVERY_ATTEMPTS_TOTAL, "channel" => "webhook", "outcome" => "delivered").increment(1);
             ctx.store
-                .put_delivery_status(&d.tenant_id, &d.message_id, &[DeliveryStatus {
-                    user_id: d.user_id.clone(), channel: Channel::Webhook, state: DeliveryState::Delivered,
-                    attempts: d.attempt + 1, last_error: None, updated_at_ms: now_ms(),
-                }])
+                .put_delivery_status(
+                    &d.tenant_id,
+                    &d.message_id,
+                    &[DeliveryStatus {
+                        user_id: d.user_id.clone(),
+                        channel: Channel::Webhook,
+                        state: DeliveryState::Delivered,
+                        attempts: d.attempt + 1,
+                        last_error: None,
+                        updated_at_ms: now_ms(),
+                    }],
+                )
                 .await?;
-            crate::publish_events(ctx, &d.tenant_id, &d.user_id, Channel::Webhook, std::slice::from_ref(&d.message_id), EventKind::Delivered, None).await;
+            crate::publish_events(
+                ctx,
+                &d.tenant_id,
+                &d.user_id,
+                Channel::Webhook,
+                std::slice::from_ref(&d.message_id),
+                EventKind::Delivered,
+                None,
+            )
+            .await;
             Ok(())
         }
         Err(f) => {
             tracing::info!(attempt = d.attempt, error = %f.error, retriable = f.retriable, "webhook attempt failed");
-            let (tenant_id, user_id, message_id) = (d.tenant_id.clone(), d.user_id.clone(), d.message_id.clone());
-            let out = tidings_retry::fail::attempt_failed(ctx, d, f.error.clone(), f.retriable).await?;
+            let (tenant_id, user_id, message_id) =
+                (d.tenant_id.clone(), d.user_id.clone(), d.message_id.clone());
+            let out =
+                tidings_retry::fail::attempt_failed(ctx, d, f.error.clone(), f.retriable).await?;
             let outcome = match out {
                 tidings_retry::fail::Outcome::Scheduled => "retry",
                 tidings_retry::fail::Outcome::Dead => "dead",
             };
             metrics::counter!(DELIVERY_ATTEMPTS_TOTAL, "channel" => "webhook", "outcome" => outcome).increment(1);
-            let kind = if outcome == "dead" { EventKind::Failed } else { EventKind::Retrying };
-            crate::publish_events(ctx, &tenant_id, &user_id, Channel::Webhook, &[message_id], kind, Some(f.error)).await;
+            let kind = if outcome == "dead" {
+                EventKind::Failed
+            } else {
+                EventKind::Retrying
+            };
+            crate::publish_events(
+                ctx,
+                &tenant_id,
+                &user_id,
+                Channel::Webhook,
+                &[message_id],
+                kind,
+                Some(f.error),
+            )
+            .await;
             Ok(())
         }
     }
