@@ -169,7 +169,7 @@ impl Default for RouterConfig {
             weight_high: 4,
             weight_normal: 2,
             weight_low: 1,
-            batch: 16,
+            batch: 128,
             page_size: 1000,
         }
     }
