@@ -42,13 +42,18 @@ struct Args {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
     let tenant: Value = http
         .post(format!("{}/v1/admin/tenants", args.url))
         .bearer_auth(&args.admin_token)
@@ -72,8 +77,13 @@ async fn main() -> anyhow::Result<()> {
     let mut readers = Vec::new();
     for i in 0..args.users {
         let claims = json!({"sub": format!("u{i}"), "tid": tid, "exp": exp});
-        let token = jsonwebtoken::encode(&Default::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))?;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/v1/ws?token={token}")).await?;
+        let token = jsonwebtoken::encode(
+            &Default::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{ws_base}/v1/ws?token={token}")).await?;
         ws.next().await; // hello
         let (lat, seen, dups) = (latencies.clone(), seen.clone(), dups.clone());
         readers.push(tokio::spawn(async move {
@@ -89,20 +99,39 @@ async fn main() -> anyhow::Result<()> {
                     if !seen.lock().unwrap().insert(id.clone()) {
                         dups.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = ws.send(Message::Text(json!({"type": "ack", "id": id}).to_string().into())).await;
+                    let _ = ws
+                        .send(Message::Text(
+                            json!({"type": "ack", "id": id}).to_string().into(),
+                        ))
+                        .await;
                 }
             }
         }));
     }
-    eprintln!("sending for {} s at {} msg/s", args.seconds, if args.rate == 0 { "max".to_string() } else { args.rate.to_string() });
+    eprintln!(
+        "sending for {} s at {} msg/s",
+        args.seconds,
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            args.rate.to_string()
+        }
+    );
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (http, url, key, sent, failed, stop, prio) =
-            (http.clone(), format!("{}/v1/messages", args.url), key.clone(), sent.clone(), failed.clone(), stop.clone(), args.priority.clone());
+        let (http, url, key, sent, failed, stop, prio) = (
+            http.clone(),
+            format!("{}/v1/messages", args.url),
+            key.clone(),
+            sent.clone(),
+            failed.clone(),
+            stop.clone(),
+            args.priority.clone(),
+        );
         let (users, per_worker) = (args.users, args.rate as f64 / args.concurrency as f64);
         workers.push(tokio::spawn(async move {
             let mut n: u64 = 0;
@@ -125,7 +154,11 @@ async fn main() -> anyhow::Result<()> {
     }
     for s in 1..=args.seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        eprintln!("{s:>4}s sent {:>9} received {:>9}", sent.load(Ordering::Relaxed), latencies.lock().unwrap().len());
+        eprintln!(
+            "{s:>4}s sent {:>9} received {:>9}",
+            sent.load(Ordering::Relaxed),
+            latencies.lock().unwrap().len()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -149,10 +182,20 @@ async fn main() -> anyhow::Result<()> {
         "latency_ms": {"p50": ms(percentile(&lat, 50.0)), "p90": ms(percentile(&lat, 90.0)), "p99": ms(percentile(&lat, 99.0)),
                        "p999": ms(percentile(&lat, 99.9)), "max": ms(lat.last().copied().unwrap_or(0))},
     });
-    println!("users {:>8}   sent {:>9}   received {:>9}   lost {:>5}   dup {:>5}", args.users, total, received, result["lost"], result["duplicates"]);
-    println!("throughput {:.0} msg/s over {:.1} s", result["throughput_per_s"].as_f64().unwrap(), elapsed);
+    println!(
+        "users {:>8}   sent {:>9}   received {:>9}   lost {:>5}   dup {:>5}",
+        args.users, total, received, result["lost"], result["duplicates"]
+    );
+    println!(
+        "throughput {:.0} msg/s over {:.1} s",
+        result["throughput_per_s"].as_f64().unwrap(),
+        elapsed
+    );
     let l = &result["latency_ms"];
-    println!("latency ms  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}", l["p50"], l["p90"], l["p99"], l["p999"], l["max"]);
+    println!(
+        "latency ms  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        l["p50"], l["p90"], l["p99"], l["p999"], l["max"]
+    );
     if let Some(path) = args.json {
         std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
     }
