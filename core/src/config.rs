@@ -264,6 +264,7 @@ const ENV_KEYS: &[&str] = &[
     "TIDINGS_REDIS_URL",
     "TIDINGS_MAX_BODY_BYTES",
     "TIDINGS_WEBHOOK_TIMEOUT_MS",
+    "TIDINGS_ROUTER_BATCH",
     "TIDINGS_RETRY_WEBHOOK_MAX_ATTEMPTS",
     "TIDINGS_RETRY_WEBHOOK_BASE_MS",
     "TIDINGS_RETRY_WEBHOOK_CAP_MS",
@@ -319,6 +320,7 @@ impl Config {
                 "TIDINGS_REDIS_URL" => self.presence.redis_url = v,
                 "TIDINGS_MAX_BODY_BYTES" => self.limits.max_body_bytes = num(&v)? as usize,
                 "TIDINGS_WEBHOOK_TIMEOUT_MS" => self.webhook.timeout_ms = num(&v)?,
+                "TIDINGS_ROUTER_BATCH" => self.router.batch = num(&v)? as usize,
                 "TIDINGS_RETRY_WEBHOOK_MAX_ATTEMPTS" => {
                     self.retry.webhook.max_attempts = num(&v)? as u32
                 }

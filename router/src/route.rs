@@ -12,7 +12,7 @@ use tidings_core::metrics_names::{
     DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL,
 };
 use tidings_core::model::*;
-use tidings_core::store::NewInboxRow;
+use tidings_core::store::{NewInboxRow, Page};
 use tidings_core::{template, Context, Error, Result};
 
 /// A decoded, rendered request.
@@ -55,6 +55,29 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
         body,
         payload,
     })
+}
+
+/// A group of recipients read from the store page by page.
+enum Source<'a> {
+    Topic(&'a str),
+    Tag(&'a str),
+    Everyone,
+}
+
+impl Source<'_> {
+    async fn page(
+        &self,
+        ctx: &Context,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>> {
+        match self {
+            Source::Topic(topic) => ctx.store.subscribers(tenant, topic, after, limit).await,
+            Source::Tag(tag) => ctx.store.users_tagged(tenant, tag, after, limit).await,
+            Source::Everyone => ctx.store.users(tenant, after, limit).await,
+        }
+    }
 }
 
 /// Route every request of `records`; requests that cannot be routed go to `dlq`.
@@ -113,44 +136,16 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                 flush(ctx, &prepared, &mut pending).await?;
             }
         }
-        for topic in &to.topics {
+        let sources = to
+            .topics
+            .iter()
+            .map(|t| Source::Topic(t))
+            .chain(to.tags.iter().map(|t| Source::Tag(t)))
+            .chain(to.broadcast.then_some(Source::Everyone));
+        for source in sources {
             let mut after: Option<String> = None;
             loop {
-                let pg = ctx
-                    .store
-                    .subscribers(t, topic, after.as_deref(), page)
-                    .await?;
-                pending.extend(pg.items.into_iter().map(|u| (i, u)));
-                if pending.len() >= page {
-                    flush(ctx, &prepared, &mut pending).await?;
-                }
-                match pg.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-        }
-        for tag in &to.tags {
-            let mut after: Option<String> = None;
-            loop {
-                let pg = ctx
-                    .store
-                    .users_tagged(t, tag, after.as_deref(), page)
-                    .await?;
-                pending.extend(pg.items.into_iter().map(|u| (i, u)));
-                if pending.len() >= page {
-                    flush(ctx, &prepared, &mut pending).await?;
-                }
-                match pg.next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-        }
-        if to.broadcast {
-            let mut after: Option<String> = None;
-            loop {
-                let pg = ctx.store.users(t, after.as_deref(), page).await?;
+                let pg = source.page(ctx, t, after.as_deref(), page).await?;
                 pending.extend(pg.items.into_iter().map(|u| (i, u)));
                 if pending.len() >= page {
                     flush(ctx, &prepared, &mut pending).await?;

@@ -209,7 +209,9 @@ async fn offline_users_get_everything_on_resume_once_oldest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urgent_overtakes_a_low_backlog_and_low_drains_under_high() {
-    let s = Server::start(&[]).await;
+    // small batches, so that the low backlog spans many router rounds: urgent can wait behind
+    // at most the one low batch being routed when it arrives
+    let s = Server::start(&[("TIDINGS_ROUTER_BATCH", "4")]).await;
     let t = s.tenant().await;
     // a fan-out backlog: LOW messages to a topic of SUBS subscribers
     const SUBS: usize = 200;
