@@ -278,6 +278,25 @@ pub struct DeliveryStatus {
     pub updated_at_ms: i64,
 }
 
+impl DeliveryStatus {
+    /// The status of `d` (its user and channel), stamped now.
+    pub fn of(
+        d: &Delivery,
+        state: DeliveryState,
+        attempts: u32,
+        last_error: Option<String>,
+    ) -> Self {
+        DeliveryStatus {
+            user_id: d.user_id.clone(),
+            channel: d.channel,
+            state,
+            attempts,
+            last_error,
+            updated_at_ms: now_ms(),
+        }
+    }
+}
+
 /// A dead delivery, kept for listing and replay.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DlqEntry {

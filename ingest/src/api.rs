@@ -359,14 +359,12 @@ async fn dlq_replay(
             .put_delivery_status(
                 &d.tenant_id,
                 &d.message_id,
-                &[DeliveryStatus {
-                    user_id: d.user_id.clone(),
-                    channel: d.channel,
-                    state: DeliveryState::Retrying,
-                    attempts: entry.attempts,
-                    last_error: Some(entry.error.clone()),
-                    updated_at_ms: now_ms(),
-                }],
+                &[DeliveryStatus::of(
+                    &d,
+                    DeliveryState::Retrying,
+                    entry.attempts,
+                    Some(entry.error.clone()),
+                )],
             )
             .await
     }

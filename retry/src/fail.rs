@@ -59,14 +59,12 @@ pub async fn attempt_failed(
                 .put_delivery_status(
                     &d.tenant_id,
                     &d.message_id,
-                    &[DeliveryStatus {
-                        user_id: d.user_id.clone(),
-                        channel: d.channel,
-                        state: DeliveryState::Retrying,
+                    &[DeliveryStatus::of(
+                        &d,
+                        DeliveryState::Retrying,
                         attempts,
-                        last_error: Some(error),
-                        updated_at_ms: now,
-                    }],
+                        Some(error),
+                    )],
                 )
                 .await?;
             metrics::counter!(RETRY_SCHEDULED_TOTAL, "channel" => d.channel.as_str()).increment(1);
@@ -93,14 +91,12 @@ pub async fn attempt_failed(
                 .put_delivery_status(
                     &d.tenant_id,
                     &d.message_id,
-                    &[DeliveryStatus {
-                        user_id: d.user_id.clone(),
-                        channel: d.channel,
-                        state: DeliveryState::Failed,
+                    &[DeliveryStatus::of(
+                        &d,
+                        DeliveryState::Failed,
                         attempts,
-                        last_error: Some(error),
-                        updated_at_ms: now,
-                    }],
+                        Some(error),
+                    )],
                 )
                 .await?;
             let reason = if retriable { "exhausted" } else { "permanent" };

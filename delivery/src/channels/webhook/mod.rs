@@ -182,14 +182,12 @@ async fn attempt(
                 .put_delivery_status(
                     &d.tenant_id,
                     &d.message_id,
-                    &[DeliveryStatus {
-                        user_id: d.user_id.clone(),
-                        channel: Channel::Webhook,
-                        state: DeliveryState::Delivered,
-                        attempts: d.attempt + 1,
-                        last_error: None,
-                        updated_at_ms: now_ms(),
-                    }],
+                    &[DeliveryStatus::of(
+                        &d,
+                        DeliveryState::Delivered,
+                        d.attempt + 1,
+                        None,
+                    )],
                 )
                 .await?;
             crate::publish_events(
