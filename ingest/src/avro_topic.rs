@@ -5,7 +5,6 @@
 
 use crate::send::{accept, body_of, validate};
 use std::time::Duration;
-use tidings_core::bus::OutRecord;
 use tidings_core::metrics_names::DLQ_TOTAL;
 use tidings_core::{Context, Error, Result};
 use tokio_util::sync::CancellationToken;
@@ -49,11 +48,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
                     );
                     metrics::counter!(DLQ_TOTAL, "channel" => "ingest", "reason" => "invalid")
                         .increment(1);
-                    let mut value = format!("{}: {}\n", e.code, e.message).into_bytes();
-                    value.extend_from_slice(&r.value);
-                    ctx.bus
-                        .append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)])
-                        .await?;
+                    ctx.dead_letter(r, &e).await?;
                 }
             }
         }

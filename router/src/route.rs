@@ -96,11 +96,7 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                 metrics::counter!(ROUTER_DEAD_TOTAL).increment(1);
                 metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid")
                     .increment(1);
-                let mut value = format!("{}: {}\n", e.code, e.message).into_bytes();
-                value.extend_from_slice(&r.value);
-                ctx.bus
-                    .append(vec![OutRecord::new(ctx.dlq_topic(), r.key.clone(), value)])
-                    .await?;
+                ctx.dead_letter(r, &e).await?;
             }
         }
     }
