@@ -106,7 +106,8 @@ pub async fn set_states(
     state: DeliveryState,
 ) -> tidings_core::Result<()> {
     let now = now_ms();
-    for id in ids {
+    // one status row per message: written concurrently, they share one group commit
+    futures::future::try_join_all(ids.iter().map(|id| {
         let st = DeliveryStatus {
             user_id: user.to_string(),
             channel: Channel::Inapp,
@@ -115,8 +116,9 @@ pub async fn set_states(
             last_error: None,
             updated_at_ms: now,
         };
-        ctx.store.put_delivery_status(tenant, id, &[st]).await?;
-    }
+        async move { ctx.store.put_delivery_status(tenant, id, &[st]).await }
+    }))
+    .await?;
     Ok(())
 }
 

@@ -8,6 +8,10 @@
 //! Each connection remembers the ids it has sent, so a message that arrives live and again in
 //! a replay is shown once. Its send queue is bounded: a connection that falls behind is closed
 //! and catches up with `resume`.
+//!
+//! Client frames are handled in order by a task of their own, so pushes keep flowing while an
+//! ack is being persisted; acks waiting in its queue are persisted together (one inbox write,
+//! one status write, one event append for the lot), each still answered with its own `ok`.
 
 use crate::frames;
 use crate::inbox::{mark_read, set_states};
@@ -22,6 +26,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidings_core::http::{bearer, ApiError};
 use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECTIONS};
@@ -32,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Ids remembered per connection for dedup before the set is reset.
 const SENT_MEMORY: usize = 100_000;
+/// Most acks persisted together.
+const ACK_BATCH: usize = 256;
+/// Client frames waiting for their handler; a client that floods past this waits.
+const FRAME_QUEUE: usize = 1024;
 
 #[derive(Clone)]
 struct WsState {
@@ -89,20 +98,77 @@ enum ClientFrame {
     Ping,
 }
 
+/// The ids a connection has sent, shared by its push path and its frame handler.
+#[derive(Clone, Default)]
+struct Sent(Arc<Mutex<HashSet<String>>>);
+
+impl Sent {
+    /// Whether `id` is new to this connection (and remember it).
+    fn first_time(&self, id: &str) -> bool {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() >= SENT_MEMORY {
+            s.clear();
+        }
+        s.insert(id.to_string())
+    }
+}
+
 struct Conn {
     ctx: Context,
     user: User,
-    sent: HashSet<String>,
+    sent: Sent,
 }
 
-impl Conn {
-    /// Whether `id` is new to this connection (and remember it).
-    fn first_time(&mut self, id: &str) -> bool {
-        if self.sent.len() >= SENT_MEMORY {
-            self.sent.clear();
+/// Handle the client frames of one connection in order, batching consecutive acks; replies
+/// go to `out`.
+async fn frame_handler(
+    mut conn: Conn,
+    mut frames: tokio::sync::mpsc::Receiver<String>,
+    out: tokio::sync::mpsc::Sender<String>,
+) {
+    let mut held: Option<Result<ClientFrame, String>> = None;
+    loop {
+        let frame = match held.take() {
+            Some(f) => f,
+            None => match frames.recv().await {
+                Some(t) => parse(&t),
+                None => return,
+            },
+        };
+        let replies = match frame {
+            Ok(ClientFrame::Ack { id }) => {
+                let mut ids = vec![id];
+                while ids.len() < ACK_BATCH {
+                    match frames.try_recv() {
+                        Ok(t) => match parse(&t) {
+                            Ok(ClientFrame::Ack { id }) => ids.push(id),
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        },
+                        Err(_) => break,
+                    }
+                }
+                conn.acks(ids).await
+            }
+            Ok(f) => conn.client_frame(f).await,
+            Err(reply) => vec![reply],
+        };
+        for r in replies {
+            if out.send(r).await.is_err() {
+                return;
+            }
         }
-        self.sent.insert(id.to_string())
     }
+}
+
+/// A client frame, or the error frame that answers it.
+fn parse(text: &str) -> Result<ClientFrame, String> {
+    serde_json::from_str(text).map_err(|e| {
+        metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
+        frames::error("invalid_frame", &format!("cannot read the frame: {e}"))
+    })
 }
 
 async fn connection(st: WsState, user: User, socket: WebSocket) {
@@ -127,11 +193,18 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     {
         tracing::warn!(error = %e, "cannot record the user as known");
     }
-    let mut conn = Conn {
-        ctx: ctx.clone(),
-        user: user.clone(),
-        sent: HashSet::new(),
-    };
+    let sent = Sent::default();
+    let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
+    let (replies_tx, mut replies_rx) = tokio::sync::mpsc::channel::<String>(FRAME_QUEUE);
+    let handler = tokio::spawn(frame_handler(
+        Conn {
+            ctx: ctx.clone(),
+            user: user.clone(),
+            sent: sent.clone(),
+        },
+        frames_rx,
+        replies_tx,
+    ));
     let hello = json!({"type": "hello", "user": user.user, "node": ctx.config.node_id}).to_string();
     let mut ping = tokio::time::interval(Duration::from_secs(wcfg.ping_interval_seconds.max(1)));
     ping.tick().await;
@@ -152,28 +225,30 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                 }
                 push = rx.recv() => {
                     let Some(push) = push else { break };
-                    if conn.first_time(&push.message_id)
+                    if sent.first_time(&push.message_id)
                         && sink.send(Message::Text(push.frame.to_string().into())).await.is_err()
                     {
                         break;
                     }
                 }
+                reply = replies_rx.recv() => {
+                    let Some(reply) = reply else { break };
+                    if sink.send(Message::Text(reply.into())).await.is_err() { break; }
+                }
                 msg = stream.next() => {
                     last_heard = Instant::now();
-                    let replies = match msg {
-                        Some(Ok(Message::Text(t))) => conn.client_frame(t.as_str()).await,
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            if frames_tx.send(t.as_str().to_string()).await.is_err() { break; }
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
-                            vec![frames::error("invalid_frame", "frames are JSON text")]
+                            let e = frames::error("invalid_frame", "frames are JSON text");
+                            if sink.send(Message::Text(e.into())).await.is_err() { break; }
                         }
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                        Some(Ok(_)) => Vec::new(),
-                    };
-                    let mut failed = false;
-                    for r in replies {
-                        if sink.send(Message::Text(r.into())).await.is_err() { failed = true; break; }
+                        Some(Ok(_)) => {}
                     }
-                    if failed { break; }
                 }
             }
         }
@@ -186,48 +261,51 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
             })))
             .await;
     }
+    handler.abort();
     ctx.presence.detach(&user.tenant, &user.user, conn_id);
     metrics::gauge!(DELIVERY_CONNECTIONS).decrement(1.0);
 }
 
 impl Conn {
-    /// Handle one client frame; returns the frames to send back, in order.
-    async fn client_frame(&mut self, text: &str) -> Vec<String> {
-        let frame: ClientFrame = match serde_json::from_str(text) {
-            Ok(f) => f,
-            Err(e) => {
-                metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
-                return vec![frames::error(
-                    "invalid_frame",
-                    &format!("cannot read the frame: {e}"),
-                )];
-            }
-        };
+    /// Persist a run of acks together; one reply per ack, in order.
+    async fn acks(&mut self, ids: Vec<String>) -> Vec<String> {
+        metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "ack")
+            .increment(ids.len() as u64);
+        let (t, u) = (self.user.tenant.as_str(), self.user.user.as_str());
+        let result: tidings_core::Result<()> = async {
+            let changed = self
+                .ctx
+                .store
+                .set_inbox_status(t, u, &ids, InboxStatus::Delivered)
+                .await?;
+            set_states(&self.ctx, t, u, &changed, DeliveryState::Delivered).await?;
+            crate::publish_events(
+                &self.ctx,
+                t,
+                u,
+                Channel::Inapp,
+                &changed,
+                EventKind::Delivered,
+                None,
+            )
+            .await;
+            Ok(())
+        }
+        .await;
+        ids.iter()
+            .map(|id| match &result {
+                Ok(()) => json!({"type": "ok", "ref": "ack", "id": id}).to_string(),
+                Err(e) => frames::error(e.code, &e.message),
+            })
+            .collect()
+    }
+
+    /// Handle one client frame other than `ack`; returns the frames to send back, in order.
+    async fn client_frame(&mut self, frame: ClientFrame) -> Vec<String> {
         let (t, u) = (self.user.tenant.clone(), self.user.user.clone());
         let result: tidings_core::Result<Vec<String>> = async {
             match frame {
-                ClientFrame::Ack { id } => {
-                    metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "ack").increment(1);
-                    let changed = self
-                        .ctx
-                        .store
-                        .set_inbox_status(&t, &u, std::slice::from_ref(&id), InboxStatus::Delivered)
-                        .await?;
-                    set_states(&self.ctx, &t, &u, &changed, DeliveryState::Delivered).await?;
-                    crate::publish_events(
-                        &self.ctx,
-                        &t,
-                        &u,
-                        Channel::Inapp,
-                        &changed,
-                        EventKind::Delivered,
-                        None,
-                    )
-                    .await;
-                    Ok(vec![
-                        json!({"type": "ok", "ref": "ack", "id": id}).to_string()
-                    ])
-                }
+                ClientFrame::Ack { id } => Ok(self.acks(vec![id]).await),
                 ClientFrame::Read { ids } => {
                     metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "read").increment(1);
                     if ids.len() > 1000 {
@@ -282,7 +360,7 @@ impl Conn {
             let Some(last) = items.last() else { break };
             after = last.seq;
             for item in &items {
-                if self.first_time(&item.message_id) {
+                if self.sent.first_time(&item.message_id) {
                     out.push(frames::message_from_item(item));
                 }
             }

@@ -119,8 +119,17 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
             expires_at_ms: p.req.ttl_seconds.map(|t| p.req.accepted_at_ms + t * 1000),
         })
         .collect();
-    ctx.store.put_messages(&messages).await?;
+    // the message records and the first recipients' rows go into the same group commit
+    tokio::try_join!(ctx.store.put_messages(&messages), fan_out(ctx, &prepared))?;
+    for p in &prepared {
+        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
+            .increment(1);
+    }
+    Ok(())
+}
 
+/// Expand every request's recipients page by page, writing and emitting as pages fill.
+async fn fan_out(ctx: &Context, prepared: &[Prepared]) -> Result<()> {
     let page = ctx.config.router.page_size;
     let mut pending: Vec<(usize, String)> = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
@@ -129,7 +138,7 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
         for u in &to.users {
             pending.push((i, u.clone()));
             if pending.len() >= page {
-                flush(ctx, &prepared, &mut pending).await?;
+                flush(ctx, prepared, &mut pending).await?;
             }
         }
         let sources = to
@@ -144,7 +153,7 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                 let pg = source.page(ctx, t, after.as_deref(), page).await?;
                 pending.extend(pg.items.into_iter().map(|u| (i, u)));
                 if pending.len() >= page {
-                    flush(ctx, &prepared, &mut pending).await?;
+                    flush(ctx, prepared, &mut pending).await?;
                 }
                 match pg.next {
                     Some(n) => after = Some(n),
@@ -153,12 +162,7 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
             }
         }
     }
-    flush(ctx, &prepared, &mut pending).await?;
-    for p in &prepared {
-        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
-            .increment(1);
-    }
-    Ok(())
+    flush(ctx, prepared, &mut pending).await
 }
 
 /// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries.
