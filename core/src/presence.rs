@@ -19,10 +19,12 @@ pub struct Push {
     pub frame: Arc<str>,
 }
 
-/// The sending half a connection registers.
+/// The sending half a connection registers. The queue holds pointers, not pushes: tokio
+/// allocates a queue's first block of 32 slots up front, so the slot size is paid by every idle
+/// connection.
 #[derive(Debug, Clone)]
 pub struct ConnSink {
-    pub tx: tokio::sync::mpsc::Sender<Push>,
+    pub tx: tokio::sync::mpsc::Sender<Arc<Push>>,
     /// Cancelled when the connection must close (queue full, shutdown).
     pub close: CancellationToken,
 }

@@ -33,12 +33,17 @@ use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECT
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
 use tidings_core::presence::ConnSink;
 use tidings_core::{Context, Error, ErrorKind};
+use tokio::sync::mpsc::{channel, Receiver, Sender};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Ids remembered per connection for dedup before the set is reset.
 const SENT_MEMORY: usize = 100_000;
 /// Most acks persisted together.
 const ACK_BATCH: usize = 256;
+/// Bytes read from a socket at a time. tungstenite's default (128 KiB) is zero-filled on the
+/// first read, which made every idle connection cost ~138 KiB of RSS; client frames are small.
+const READ_BUFFER: usize = 1024;
 /// Client frames waiting for their handler; a client that floods past this waits.
 const FRAME_QUEUE: usize = 1024;
 
@@ -86,6 +91,7 @@ async fn upgrade(
         .into_response();
     }
     ws.max_message_size(64 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| connection(st, user, socket))
 }
 
@@ -121,11 +127,7 @@ struct Conn {
 
 /// Handle the client frames of one connection in order, batching consecutive acks; replies
 /// go to `out`.
-async fn frame_handler(
-    mut conn: Conn,
-    mut frames: tokio::sync::mpsc::Receiver<String>,
-    out: tokio::sync::mpsc::Sender<String>,
-) {
+async fn frame_handler(mut conn: Conn, mut frames: Receiver<String>, out: Sender<String>) {
     let mut held: Option<Result<ClientFrame, String>> = None;
     loop {
         let frame = match held.take() {
@@ -175,7 +177,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let ctx = st.ctx.clone();
     let wcfg = ctx.config.websocket.clone();
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(wcfg.send_queue);
+    let (tx, mut rx) = channel(wcfg.send_queue);
     let close = CancellationToken::new();
     let conn_id = ctx.presence.attach(
         &user.tenant,
@@ -194,17 +196,10 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
         tracing::warn!(error = %e, "cannot record the user as known");
     }
     let sent = Sent::default();
-    let (frames_tx, frames_rx) = tokio::sync::mpsc::channel(FRAME_QUEUE);
-    let (replies_tx, mut replies_rx) = tokio::sync::mpsc::channel::<String>(FRAME_QUEUE);
-    let handler = tokio::spawn(frame_handler(
-        Conn {
-            ctx: ctx.clone(),
-            user: user.clone(),
-            sent: sent.clone(),
-        },
-        frames_rx,
-        replies_tx,
-    ));
+    // the frame handler (a task and two queues) starts with the first client frame: most
+    // connections sit idle, and each byte of an idle connection counts at 100k of them
+    let mut handler: Option<(Sender<String>, JoinHandle<()>)> = None;
+    let mut replies: Option<Receiver<String>> = None;
     let hello = json!({"type": "hello", "user": user.user, "node": ctx.config.node_id}).to_string();
     let mut ping = tokio::time::interval(Duration::from_secs(wcfg.ping_interval_seconds.max(1)));
     ping.tick().await;
@@ -231,7 +226,12 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                         break;
                     }
                 }
-                reply = replies_rx.recv() => {
+                reply = async {
+                    match replies.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     let Some(reply) = reply else { break };
                     if sink.send(Message::Text(reply.into())).await.is_err() { break; }
                 }
@@ -239,7 +239,14 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
-                            if frames_tx.send(t.as_str().to_string()).await.is_err() { break; }
+                            let (frames, _) = handler.get_or_insert_with(|| {
+                                let (frames_tx, frames_rx) = channel(FRAME_QUEUE);
+                                let (replies_tx, replies_rx) = channel(FRAME_QUEUE);
+                                replies = Some(replies_rx);
+                                let conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: sent.clone() };
+                                (frames_tx, tokio::spawn(frame_handler(conn, frames_rx, replies_tx)))
+                            });
+                            if frames.send(t.as_str().to_string()).await.is_err() { break; }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
@@ -261,7 +268,9 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
             })))
             .await;
     }
-    handler.abort();
+    if let Some((_, h)) = handler {
+        h.abort();
+    }
     ctx.presence.detach(&user.tenant, &user.user, conn_id);
     metrics::gauge!(DELIVERY_CONNECTIONS).decrement(1.0);
 }

@@ -6,6 +6,7 @@ mod serve;
 
 // glibc's malloc showed ~15% of the server's CPU under load (perf); mimalloc is cheaper for the
 // many small, short-lived allocations of frames, records and transactions
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -846,3 +846,72 @@ async fn health_readiness_and_metrics() {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
 }
+
+/// Acks sent back to back are persisted together, each still answered in order, and a frame
+/// between them is answered in its place; pushes keep arriving while acks are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_acks_is_answered_in_order_and_every_one_persisted() {
+    let s = Server::start(&[]).await;
+    let t = s.tenant().await;
+    let mut ws = Ws::connect(&s, &t.token("erin")).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            s.send(
+                &t,
+                json!({"to": {"users": ["erin"]}, "title": format!("m{i}")}),
+            )
+            .await,
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let m = ws.next_message(10 * SEC).await.expect("pushed");
+        got.push(m["id"].as_str().unwrap().to_string());
+    }
+    // 15 acks, a ping, 15 more acks, all written before reading any reply
+    for (i, id) in ids.iter().enumerate() {
+        if i == 15 {
+            ws.send(json!({"type": "ping"})).await;
+        }
+        ws.send(json!({"type": "ack", "id": id})).await;
+    }
+    let mut replies = Vec::new();
+    while replies.len() < 31 {
+        let f = ws.next_frame(10 * SEC).await.expect("a reply");
+        if f["type"] == "message" {
+            continue;
+        }
+        replies.push(f);
+    }
+    for (i, r) in replies.iter().enumerate() {
+        match i {
+            15 => assert_eq!(r["type"], "pong", "{replies:?}"),
+            _ => {
+                let k = if i < 15 { i } else { i - 1 };
+                assert_eq!(r["type"], "ok", "{r}");
+                assert_eq!(r["ref"], "ack");
+                assert_eq!(r["id"], ids[k].as_str(), "replies in frame order");
+            }
+        }
+    }
+    // every ack reached the inbox and the per-recipient status
+    let inbox = s.inbox_all(&t.token("erin")).await;
+    assert_eq!(inbox.len(), 30);
+    assert!(
+        inbox.iter().all(|m| m["status"] == "delivered"),
+        "{inbox:?}"
+    );
+    for id in &ids {
+        let (_, m) = s.api(&t, "GET", &format!("/v1/messages/{id}"), None).await;
+        assert_eq!(m["recipients"][0]["status"], "delivered", "{m}");
+    }
+    // and a message sent now is still pushed on the same connection
+    let late = s
+        .send(&t, json!({"to": {"users": ["erin"]}, "title": "late"}))
+        .await;
+    assert_eq!(
+        ws.next_message(10 * SEC).await.unwrap()["id"],
+        late.as_str()
+    );
+}

@@ -88,6 +88,7 @@ impl Presence for LocalPresence {
             return Ok(0);
         };
         let mut reached = 0;
+        let push = Arc::new(push);
         for (_, sink) in conns {
             match sink.tx.try_send(push.clone()) {
                 Ok(()) => reached += 1,
@@ -116,7 +117,7 @@ mod tests {
     use super::*;
     use tokio_util::sync::CancellationToken;
 
-    fn sink(cap: usize) -> (ConnSink, tokio::sync::mpsc::Receiver<Push>) {
+    fn sink(cap: usize) -> (ConnSink, tokio::sync::mpsc::Receiver<Arc<Push>>) {
         let (tx, rx) = tokio::sync::mpsc::channel(cap);
         (
             ConnSink {

@@ -71,7 +71,7 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     connect_rate: u64,
     /// Loopback source addresses to spread clients over (127.0.0.1 ..); 0 picks one per
-    /// 20,000 clients.
+    /// 5,000 clients.
     #[arg(long, default_value_t = 0)]
     source_ips: usize,
     /// Target sends per second; 0 sends as fast as `--concurrency` senders can.
@@ -314,7 +314,7 @@ async fn connect_all(
 ) -> anyhow::Result<u64> {
     let addr = server.addr().await?;
     let spread = if args.source_ips == 0 {
-        1 + args.clients / 20_000
+        1 + args.clients / 5_000
     } else {
         args.source_ips
     };
