@@ -1,11 +1,17 @@
 //! The consumer of `deliveries.inapp`: push each delivery to every live connection of its
 //! user. A user with no connection loses nothing: the row is in the inbox, and `resume`
 //! replays it.
+//!
+//! Offsets are committed every [`COMMIT_EVERY`] (and when the topic runs dry or the stage
+//! stops), not after each batch: a push is best-effort and already idempotent on the client,
+//! so after a crash at most that much is pushed again, and the fsync of a commit stays off the
+//! path from one batch to the next.
 
 use crate::frames::message_from_delivery;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tidings_core::bus::Record;
+use std::time::{Duration, Instant};
+use tidings_core::bus::{next_offsets, Consumer, Record};
 use tidings_core::metrics_names::{DELIVERY_ATTEMPTS_TOTAL, DELIVERY_LATENCY_SECONDS};
 use tidings_core::model::{now_ms, Channel};
 use tidings_core::presence::Push;
@@ -18,18 +24,50 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         .bus
         .consumer(crate::GROUP, &ctx.deliveries_topic(Channel::Inapp))
         .await?;
+    let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
     loop {
+        let wait = if pending.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            COMMIT_EVERY
+        };
         let records = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = consumer.poll(1024, Duration::from_secs(1)) => r?,
+            _ = shutdown.cancelled() => {
+                commit(consumer.as_mut(), &mut pending).await?;
+                return Ok(());
+            }
+            r = consumer.poll(1024, wait) => r?,
         };
         if records.is_empty() {
+            commit(consumer.as_mut(), &mut pending).await?;
+            last_commit = Instant::now();
             continue;
         }
         let span = tracing::debug_span!("delivery", channel = "inapp", records = records.len());
         push_all(&ctx, &records).instrument(span).await?;
-        consumer.commit_records(&records).await?;
+        for (p, o) in next_offsets(&records) {
+            let e = pending.entry(p).or_default();
+            *e = (*e).max(o);
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            commit(consumer.as_mut(), &mut pending).await?;
+            last_commit = Instant::now();
+        }
     }
+}
+
+/// Longest a pushed delivery waits for its offset to be committed.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+async fn commit(consumer: &mut dyn Consumer, pending: &mut BTreeMap<u32, u64>) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let offsets: Vec<(u32, u64)> = pending.iter().map(|(p, o)| (*p, *o)).collect();
+    consumer.commit(&offsets).await?;
+    pending.clear();
+    Ok(())
 }
 
 async fn push_all(ctx: &Context, records: &[Record]) -> Result<()> {

@@ -6,7 +6,9 @@
 //! emitted again in that case; the client side absorbs them by message id.
 
 use futures::future::try_join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tidings_core::bus::{OutRecord, Record};
 use tidings_core::metrics_names::{
     DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL,
@@ -14,6 +16,7 @@ use tidings_core::metrics_names::{
 use tidings_core::model::*;
 use tidings_core::store::{NewInboxRow, Page};
 use tidings_core::{template, Context, Error, Result};
+use tokio::task::JoinHandle;
 
 /// A decoded, rendered request.
 struct Prepared {
@@ -103,6 +106,7 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
     if prepared.is_empty() {
         return Ok(());
     }
+    let prepared = Arc::new(prepared);
     let messages: Vec<MessageRecord> = prepared
         .iter()
         .map(|p| MessageRecord {
@@ -120,25 +124,39 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
         })
         .collect();
     // the message records and the first recipients' rows go into the same group commit
-    tokio::try_join!(ctx.store.put_messages(&messages), fan_out(ctx, &prepared))?;
-    for p in &prepared {
+    tokio::try_join!(
+        ctx.store.put_messages(&messages),
+        fan_out(ctx, prepared.clone())
+    )?;
+    for p in prepared.iter() {
         metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
             .increment(1);
     }
     Ok(())
 }
 
-/// Expand every request's recipients page by page, writing and emitting as pages fill.
-async fn fan_out(ctx: &Context, prepared: &[Prepared]) -> Result<()> {
+/// Pages of recipients being written at once: their writes share group commits, and one
+/// page's delivery append overlaps the next page's inbox rows.
+const PAGES_IN_FLIGHT: usize = 4;
+
+/// Expand every request's recipients page by page, writing and emitting each page as it
+/// fills, up to [`PAGES_IN_FLIGHT`] pages at a time.
+async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
     let page = ctx.config.router.page_size;
     let mut pending: Vec<(usize, String)> = Vec::new();
+    let mut inflight = FuturesUnordered::new();
+    let start = |pairs: Vec<(usize, String)>| {
+        let (ctx, prepared) = (ctx.clone(), prepared.clone());
+        tokio::spawn(async move { flush(&ctx, &prepared, pairs).await })
+    };
     for (i, p) in prepared.iter().enumerate() {
         let to = &p.req.to;
         let t = p.req.tenant_id.as_str();
         for u in &to.users {
             pending.push((i, u.clone()));
             if pending.len() >= page {
-                flush(ctx, prepared, &mut pending).await?;
+                inflight.push(start(std::mem::take(&mut pending)));
+                wait_below(&mut inflight, PAGES_IN_FLIGHT).await?;
             }
         }
         let sources = to
@@ -153,7 +171,8 @@ async fn fan_out(ctx: &Context, prepared: &[Prepared]) -> Result<()> {
                 let pg = source.page(ctx, t, after.as_deref(), page).await?;
                 pending.extend(pg.items.into_iter().map(|u| (i, u)));
                 if pending.len() >= page {
-                    flush(ctx, prepared, &mut pending).await?;
+                    inflight.push(start(std::mem::take(&mut pending)));
+                    wait_below(&mut inflight, PAGES_IN_FLIGHT).await?;
                 }
                 match pg.next {
                     Some(n) => after = Some(n),
@@ -162,22 +181,40 @@ async fn fan_out(ctx: &Context, prepared: &[Prepared]) -> Result<()> {
             }
         }
     }
-    flush(ctx, prepared, &mut pending).await
+    if !pending.is_empty() {
+        inflight.push(start(pending));
+    }
+    wait_below(&mut inflight, 1).await
+}
+
+/// Wait for page writes until fewer than `n` are in flight; the first failure ends the batch
+/// (it is routed again; the pages still running write idempotently).
+async fn wait_below(
+    inflight: &mut FuturesUnordered<JoinHandle<Result<()>>>,
+    n: usize,
+) -> Result<()> {
+    while inflight.len() >= n {
+        match inflight.next().await {
+            Some(Ok(r)) => r?,
+            Some(Err(e)) => return Err(Error::internal(format!("a page write panicked: {e}"))),
+            None => break,
+        }
+    }
+    Ok(())
 }
 
 /// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries.
 async fn flush(
     ctx: &Context,
     prepared: &[Prepared],
-    pending: &mut Vec<(usize, String)>,
+    mut pairs: Vec<(usize, String)>,
 ) -> Result<()> {
-    if pending.is_empty() {
+    if pairs.is_empty() {
         return Ok(());
     }
-    // the same user twice for one request (listed and subscribed) is one recipient
-    pending.sort();
-    pending.dedup();
-    let pairs = std::mem::take(pending);
+    // the same user twice for one request (listed and subscribed) in a page is one recipient
+    pairs.sort();
+    pairs.dedup();
     let inbox_pairs: Vec<&(usize, String)> = pairs
         .iter()
         .filter(|(i, _)| prepared[*i].req.channels.contains(&Channel::Inapp))
