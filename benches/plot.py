@@ -13,10 +13,10 @@ Each result file is one JSON object as written by the load generator, e.g.:
      "server": {"rss_mib_connected": 123.4, "rss_kib_per_connection": 10.2,
                 "rss_mib_peak": 130, "cpu_percent_avg": 80.1}}      # "server" may be absent
 
-A file only contributes to a plot when it has every field that plot reads; anything else is
-ignored. Plots written to OUTDIR (a plot without data is skipped with a message):
+A file only contributes to a plot when it has every field that plot reads and no "label"
+(labelled runs are variants, e.g. "no-ack"); anything else is ignored. Plots written to OUTDIR (a plot without data is skipped with a message):
 
-  latency-vs-load.svg        scenario "unicast", target "tidings": x = throughput_per_s
+  latency-vs-load.svg        scenario "unicast", target "tidings": x = deliveries_per_s
                              (msg/s), y = latency p50 / p99 / p99.9 in ms (log scale).
   memory-vs-connections.svg  scenario "connections": x = clients, y = server.rss_mib_connected,
                              one line per target.
@@ -88,9 +88,12 @@ def points(results, xpath, ypath):
 
 
 def select(results, scenario, target=None):
+    """Results of one scenario (and target); variants run with a label (e.g. "no-ack") are
+    left to the tables, so that each line compares like with like."""
     return [
         d for d in results
         if d.get("scenario") == scenario and (target is None or d.get("target") == target)
+        and not d.get("label")
     ]
 
 
@@ -282,13 +285,13 @@ def plot_latency_vs_load(results):
     series = []
     for key, label, colour in (("p50", "p50", "#2e9e44"), ("p99", "p99", "#1f6fb4"),
                                ("p999", "p99.9", "#d9541e")):
-        pts = points(docs, ("throughput_per_s",), ("latency_ms", key))
+        pts = points(docs, ("deliveries_per_s",), ("latency_ms", key))
         pts = [(x, y) for x, y in pts if y > 0]  # log axis
         if pts:
             series.append({"label": label, "colour": colour, "dash": None, "points": pts})
     if not series:
         return None
-    return line_chart("tidings unicast: latency vs load", "throughput (msg/s)",
+    return line_chart("tidings unicast: latency vs load", "delivered (msg/s)",
                       "latency (ms, log scale)", series, y_log=True)
 
 
@@ -333,7 +336,7 @@ def plot_fanout_vs_subscribers(results):
 
 PLOTS = [
     ("latency-vs-load.svg", plot_latency_vs_load,
-     'no "unicast" results for target "tidings" with throughput_per_s and latency_ms'),
+     'no "unicast" results for target "tidings" with deliveries_per_s and latency_ms'),
     ("memory-vs-connections.svg", plot_memory_vs_connections,
      'no "connections" results with clients and server.rss_mib_connected'),
     ("fanout-vs-subscribers.svg", plot_fanout_vs_subscribers,

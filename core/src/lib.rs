@@ -13,6 +13,7 @@ pub mod bus;
 pub mod config;
 pub mod conformance;
 pub mod error;
+pub mod hint;
 pub mod http;
 pub mod metrics_names;
 pub mod model;
@@ -40,9 +41,23 @@ impl Context {
         self.config.topic(&format!("requests.{}", p.as_str()))
     }
 
-    /// `<prefix>.deliveries.<channel>`
-    pub fn deliveries_topic(&self, c: model::Channel) -> String {
-        self.config.topic(&format!("deliveries.{}", c.as_str()))
+    /// `<prefix>.deliveries.<channel>`, or `<prefix>.deliveries.<channel>.urgent` for urgent
+    /// deliveries: a lane of their own, so that they never queue behind a fan-out backlog.
+    pub fn deliveries_topic(&self, c: model::Channel, p: model::Priority) -> String {
+        match p {
+            model::Priority::Urgent => self
+                .config
+                .topic(&format!("deliveries.{}.urgent", c.as_str())),
+            _ => self.config.topic(&format!("deliveries.{}", c.as_str())),
+        }
+    }
+
+    /// Both delivery topics of a channel, urgent first.
+    pub fn delivery_topics(&self, c: model::Channel) -> [String; 2] {
+        [
+            self.deliveries_topic(c, model::Priority::Urgent),
+            self.deliveries_topic(c, model::Priority::Normal),
+        ]
     }
 
     /// `<prefix>.retry.<tier>`
@@ -82,7 +97,7 @@ impl Context {
         t.extend(
             model::Channel::ALL
                 .iter()
-                .map(|c| self.deliveries_topic(*c)),
+                .flat_map(|c| self.delivery_topics(*c)),
         );
         t.extend(RETRY_TIERS.iter().map(|tier| self.retry_topic(tier)));
         t.push(self.events_topic());

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
-    let mut consumer = ctx
-        .bus
-        .consumer(crate::GROUP, &ctx.deliveries_topic(Channel::Inapp))
-        .await?;
+    crate::per_lane(&ctx, Channel::Inapp, shutdown, lane).await
+}
+
+/// Push the deliveries of one topic (urgent, or the rest).
+async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Result<()> {
+    let mut consumer = ctx.bus.consumer(crate::GROUP, &topic).await?;
     let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
     let mut last_commit = Instant::now();
     loop {

@@ -3,6 +3,9 @@
 //! - [`ws`]: the realtime connection (`/v1/ws`): auth, frames, ack/read, resume, heartbeats
 //! - [`inbox`]: the user's inbox API (`/v1/inbox`), authenticated with the user JWT
 //! - [`inapp`]: the consumer of `deliveries.inapp` that pushes to live connections
+//!
+//! Each channel reads two topics, `deliveries.<channel>.urgent` and `deliveries.<channel>`,
+//! in tasks of their own: an urgent delivery never waits behind a fan-out backlog.
 //! - [`channels`]: external channels; [`channels::webhook`] is the signed HTTP POST
 //! - [`frames`]: the JSON frames the server sends
 //! - [`user_auth`]: JWT checks shared by `ws` and `inbox`
@@ -15,10 +18,39 @@ pub mod user_auth;
 pub mod ws;
 
 use axum::Router;
+use std::future::Future;
 use tidings_core::model::{now_ms, Channel, DeliveryEvent, EventKind};
-use tidings_core::{bus::OutRecord, Context};
+use tidings_core::{bus::OutRecord, Context, Error, Result};
+use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "tidings-delivery";
+
+/// Run `lane` on each delivery topic of `channel`, each in a task of its own; ends with the
+/// first lane that fails (the others are stopped), or when all have stopped.
+async fn per_lane<F, Fut>(
+    ctx: &Context,
+    channel: Channel,
+    shutdown: CancellationToken,
+    lane: F,
+) -> Result<()>
+where
+    F: Fn(Context, String, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let mut lanes = tokio::task::JoinSet::new();
+    for (i, topic) in ctx.delivery_topics(channel).into_iter().enumerate() {
+        // the urgent lane's writes (offset commits) overtake bulk ones (see `hint`)
+        let urgent = i == 0;
+        lanes.spawn(tidings_core::hint::urgent_if(
+            urgent,
+            lane(ctx.clone(), topic, shutdown.clone()),
+        ));
+    }
+    while let Some(r) = lanes.join_next().await {
+        r.map_err(|e| Error::internal(format!("a delivery lane panicked: {e}")))??;
+    }
+    Ok(())
+}
 
 /// The routes the delivery stage serves.
 pub fn routes(ctx: Context, shutdown: tokio_util::sync::CancellationToken) -> Router {

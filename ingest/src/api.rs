@@ -350,7 +350,7 @@ async fn dlq_replay(
         d.due_at_ms = 0;
         d.last_error = None;
         let rec = OutRecord::new(
-            ctx.deliveries_topic(d.channel),
+            ctx.deliveries_topic(d.channel, d.priority),
             format!("{}/{}", d.tenant_id, d.user_id).into_bytes(),
             codec.encode_delivery(&d),
         );

@@ -211,7 +211,8 @@ pub async fn accept(ctx: &Context, mut req: NotificationRequest) -> Result<Accep
         req.tenant_id.as_bytes().to_vec(),
         tidings_schemas::codec().encode_request(&req),
     );
-    if let Err(e) = ctx.bus.append(vec![record]).await {
+    let urgent = req.priority == Priority::Urgent;
+    if let Err(e) = tidings_core::hint::urgent_if(urgent, ctx.bus.append(vec![record])).await {
         if let Some(key) = &req.idempotency_key {
             // the send was not accepted: let a retry of it claim the key again
             let _ = ctx

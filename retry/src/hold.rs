@@ -113,7 +113,11 @@ pub async fn run(ctx: Context, tier: &'static str, shutdown: CancellationToken) 
                 let d = codec.decode_delivery(&value)?;
                 metrics::counter!(RETRY_REEMITTED_TOTAL, "channel" => d.channel.as_str())
                     .increment(1);
-                out.push(OutRecord::new(ctx.deliveries_topic(d.channel), key, value));
+                out.push(OutRecord::new(
+                    ctx.deliveries_topic(d.channel, d.priority),
+                    key,
+                    value,
+                ));
                 emitted.push((p, o));
             }
         }

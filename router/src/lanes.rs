@@ -1,4 +1,4 @@
-//! The scheduling plan of the four lanes: urgent is polled before each lane of every round;
+//! The scheduling plan of the lanes: urgent runs in a task of its own (see the crate docs);
 //! high, normal and low get `weight × batch` requests per round, so under full load they share
 //! the router 8:4:2:1 (by default) and none starves; an empty lane gives its share to the rest.
 

@@ -1,11 +1,13 @@
 //! The router stage.
 //!
-//! - [`lanes`]: reads the four request topics, `urgent` first always, the others by weighted
-//!   fair share
+//! - [`lanes`]: the weighted fair share of the `high`, `normal` and `low` request topics
 //! - [`route`]: one request to its recipients: expand, render, write message, inbox rows and
 //!   statuses, emit one delivery per (recipient, channel)
 //!
-//! Offsets are committed only after the deliveries a batch produced are durable.
+//! `urgent` has a task of its own, so an urgent request never waits for the batch another lane
+//! is routing (a low fan-out to many thousands of users can take seconds); the other three
+//! lanes share one task by weight. Offsets are committed only after the deliveries a batch
+//! produced are durable.
 
 pub mod lanes;
 pub mod route;
@@ -13,7 +15,7 @@ pub mod route;
 use std::time::Duration;
 use tidings_core::bus::{Consumer, Record};
 use tidings_core::model::Priority;
-use tidings_core::{Context, Result};
+use tidings_core::{hint, Context, Error, Result};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -21,10 +23,6 @@ pub const GROUP: &str = "tidings-router";
 
 /// Run the router until shutdown.
 pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
-    let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
-    for p in Priority::ALL {
-        consumers.push(ctx.bus.consumer(GROUP, &ctx.requests_topic(p)).await?);
-    }
     let r = &ctx.config.router;
     let plan = lanes::Plan::new(
         [
@@ -35,26 +33,63 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         ],
         r.batch,
     );
+    let urgent = ctx
+        .bus
+        .consumer(GROUP, &ctx.requests_topic(Priority::Urgent))
+        .await?;
+    let mut shared = Vec::new();
+    for p in [Priority::High, Priority::Normal, Priority::Low] {
+        shared.push(ctx.bus.consumer(GROUP, &ctx.requests_topic(p)).await?);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    // its writes overtake the bulk ones queued for the disk (see `hint`)
+    tasks.spawn(hint::urgent(urgent_lane(
+        ctx.clone(),
+        urgent,
+        plan.max(Priority::Urgent),
+        shutdown.clone(),
+    )));
+    tasks.spawn(shared_lanes(ctx.clone(), shared, plan, shutdown));
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| Error::internal(format!("a router lane panicked: {e}")))??;
+    }
+    Ok(())
+}
+
+/// Route urgent requests as they come.
+async fn urgent_lane(
+    ctx: Context,
+    mut consumer: Box<dyn Consumer>,
+    max: usize,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            b = consumer.poll(max, Duration::from_secs(1)) => b?,
+        };
+        if !batch.is_empty() {
+            handle(&ctx, consumer.as_mut(), batch).await?;
+        }
+    }
+}
+
+/// Route `high`, `normal` and `low` (in that order in `consumers`) by weighted rounds.
+async fn shared_lanes(
+    ctx: Context,
+    mut consumers: Vec<Box<dyn Consumer>>,
+    plan: lanes::Plan,
+    shutdown: CancellationToken,
+) -> Result<()> {
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
         let mut worked = false;
-        for (lane, max) in plan.round() {
-            // urgent goes before every lane of the round
-            let urgent = consumers[0]
-                .poll(plan.max(Priority::Urgent), Duration::ZERO)
-                .await?;
-            if !urgent.is_empty() {
-                handle(&ctx, consumers[0].as_mut(), urgent).await?;
-                worked = true;
-            }
-            if lane == Priority::Urgent {
-                continue;
-            }
-            let batch = consumers[lane.index()].poll(max, Duration::ZERO).await?;
+        for (i, (_, max)) in plan.round().into_iter().enumerate() {
+            let batch = consumers[i].poll(max, Duration::ZERO).await?;
             if !batch.is_empty() {
-                handle(&ctx, consumers[lane.index()].as_mut(), batch).await?;
+                handle(&ctx, consumers[i].as_mut(), batch).await?;
                 worked = true;
             }
         }
@@ -63,17 +98,16 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
         }
         // idle: wait for the first lane with work (polls are cancel-safe)
         let (lane, batch) = {
-            let [u, h, n, l] = &mut consumers[..] else {
-                unreachable!("four lanes")
+            let [h, n, l] = &mut consumers[..] else {
+                unreachable!("three lanes")
             };
             let wait = Duration::from_secs(1);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                b = u.poll(plan.max(Priority::Urgent), wait) => (0, b?),
-                b = h.poll(plan.max(Priority::High), wait) => (1, b?),
-                b = n.poll(plan.max(Priority::Normal), wait) => (2, b?),
-                b = l.poll(plan.max(Priority::Low), wait) => (3, b?),
+                b = h.poll(plan.max(Priority::High), wait) => (0, b?),
+                b = n.poll(plan.max(Priority::Normal), wait) => (1, b?),
+                b = l.poll(plan.max(Priority::Low), wait) => (2, b?),
             }
         };
         if !batch.is_empty() {

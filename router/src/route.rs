@@ -145,9 +145,12 @@ async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
     let page = ctx.config.router.page_size;
     let mut pending: Vec<(usize, String)> = Vec::new();
     let mut inflight = FuturesUnordered::new();
+    let urgent = tidings_core::hint::is_urgent();
     let start = |pairs: Vec<(usize, String)>| {
         let (ctx, prepared) = (ctx.clone(), prepared.clone());
-        tokio::spawn(async move { flush(&ctx, &prepared, pairs).await })
+        tokio::spawn(tidings_core::hint::urgent_if(urgent, async move {
+            flush(&ctx, &prepared, pairs).await
+        }))
     };
     for (i, p) in prepared.iter().enumerate() {
         let to = &p.req.to;
@@ -311,7 +314,7 @@ async fn flush(
             };
             metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => c.as_str()).increment(1);
             out.push(OutRecord::new(
-                ctx.deliveries_topic(*c),
+                ctx.deliveries_topic(*c, p.req.priority),
                 format!("{}/{}", d.tenant_id, d.user_id).into_bytes(),
                 codec.encode_delivery(&d),
             ));

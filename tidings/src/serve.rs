@@ -119,7 +119,8 @@ fn consumed(ctx: &Context, stages: Stages) -> Vec<(&'static str, String)> {
         v.extend(
             Channel::ALL
                 .iter()
-                .map(|c| (tidings_delivery::GROUP, ctx.deliveries_topic(*c))),
+                .flat_map(|c| ctx.delivery_topics(*c))
+                .map(|t| (tidings_delivery::GROUP, t)),
         );
     }
     if stages.retry {

@@ -7,23 +7,33 @@
 //! accept tens of thousands of durable appends per second. A closure must check before it
 //! writes: an error it returns is reported to its caller, but whatever it wrote before erring
 //! is committed with the rest of the group.
+//!
+//! Writes made under [`tidings_core::hint::urgent`] go into the next group ahead of every
+//! queued bulk write, and a group stops taking bulk writes once [`GROUP_BUDGET`] of them have
+//! run, so an urgent write waits for at most one bounded group before its own.
 
 use redb::{Database, Durability, ReadTransaction, WriteTransaction};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tidings_core::{Error, ErrorKind, Result};
 
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
 type Job = Box<dyn FnOnce(&WriteTransaction) -> Reply + Send>;
+/// A job and whether it is urgent.
+type Queued = (bool, Job);
 
 /// Most closures committed in one transaction.
 const MAX_GROUP: usize = 4096;
+/// Time a group spends running bulk closures before it commits; the rest wait for the next.
+pub const GROUP_BUDGET: Duration = Duration::from_millis(20);
 
 /// A redb database with a group-committing writer.
 #[derive(Clone)]
 pub struct Engine {
     db: Arc<Database>,
-    jobs: tokio::sync::mpsc::Sender<Job>,
+    jobs: tokio::sync::mpsc::Sender<Queued>,
 }
 
 /// Map a redb error to the port error (a storage failure is the outside world's fault: retry).
@@ -50,7 +60,7 @@ impl Engine {
         init(&txn)?;
         txn.commit().map_err(storage_err)?;
         let db = Arc::new(db);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(MAX_GROUP * 4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Queued>(MAX_GROUP * 4);
         let writer_db = db.clone();
         std::thread::Builder::new()
             .name(format!("{name}-writer"))
@@ -73,7 +83,7 @@ impl Engine {
             })
         });
         self.jobs
-            .send(job)
+            .send((tidings_core::hint::is_urgent(), job))
             .await
             .map_err(|_| Error::unavailable("the storage writer has stopped"))?;
         rx.await
@@ -86,12 +96,26 @@ impl Engine {
     }
 }
 
-fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
+fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
+    let mut urgent: Vec<Job> = Vec::new();
+    let mut bulk: VecDeque<Job> = VecDeque::new();
+    fn take((u, job): Queued, urgent: &mut Vec<Job>, bulk: &mut VecDeque<Job>) {
+        if u {
+            urgent.push(job)
+        } else {
+            bulk.push_back(job)
+        }
+    }
+    loop {
+        if urgent.is_empty() && bulk.is_empty() {
+            match rx.blocking_recv() {
+                Some(q) => take(q, &mut urgent, &mut bulk),
+                None => return,
+            }
+        }
+        while urgent.len() + bulk.len() < MAX_GROUP * 4 {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(q) => take(q, &mut urgent, &mut bulk),
                 Err(_) => break,
             }
         }
@@ -100,12 +124,20 @@ fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
             Err(e) => {
                 // dropping the jobs drops their reply channels: every caller gets an error
                 tracing::error!(error = %e, "cannot begin a write transaction");
-                drop(jobs);
+                urgent.clear();
+                bulk.clear();
                 continue;
             }
         };
         txn.set_durability(Durability::Immediate);
-        let replies: Vec<Reply> = jobs.into_iter().map(|j| j(&txn)).collect();
+        let mut replies: Vec<Reply> = urgent.drain(..).map(|j| j(&txn)).collect();
+        let started = Instant::now();
+        while let Some(j) = bulk.pop_front() {
+            replies.push(j(&txn));
+            if replies.len() >= MAX_GROUP || started.elapsed() >= GROUP_BUDGET {
+                break;
+            }
+        }
         let result = txn.commit().map_err(storage_err);
         if let Err(e) = &result {
             tracing::error!(error = %e, "group commit failed");
@@ -113,5 +145,48 @@ fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
         for r in replies {
             r(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An urgent write queued behind a long run of bulk writes commits before most of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn urgent_writes_overtake_queued_bulk_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("t.redb"), "test", |_| Ok(())).unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut bulk = Vec::new();
+        for _ in 0..30 {
+            let (e, done) = (engine.clone(), done.clone());
+            bulk.push(tokio::spawn(async move {
+                e.write(|_| {
+                    // a slow bulk closure: 30 of them are 150 ms of work
+                    std::thread::sleep(Duration::from_millis(5));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                done.fetch_add(1, Ordering::SeqCst)
+            }));
+        }
+        // let the bulk writes reach the queue first
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (e, d) = (engine.clone(), done.clone());
+        let urgent = tidings_core::hint::urgent(async move {
+            e.write(|_| Ok(())).await.unwrap();
+            d.fetch_add(1, Ordering::SeqCst)
+        })
+        .await;
+        for b in bulk {
+            b.await.unwrap();
+        }
+        assert!(
+            urgent < 15,
+            "the urgent write finished {urgent}th of 31; it should overtake the queue"
+        );
     }
 }

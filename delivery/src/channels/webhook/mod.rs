@@ -103,12 +103,14 @@ pub async fn post(
     }
 }
 
-/// The consumer of `deliveries.webhook`.
+/// The consumer of `deliveries.webhook` and `deliveries.webhook.urgent`.
 pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
-    let mut consumer = ctx
-        .bus
-        .consumer(crate::GROUP, &ctx.deliveries_topic(Channel::Webhook))
-        .await?;
+    crate::per_lane(&ctx, Channel::Webhook, shutdown, lane).await
+}
+
+/// Post the deliveries of one topic (urgent, or the rest).
+async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Result<()> {
+    let mut consumer = ctx.bus.consumer(crate::GROUP, &topic).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(ctx.config.webhook.timeout_ms))
         .build()
