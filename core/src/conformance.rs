@@ -442,6 +442,66 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     );
     assert_eq!(s[1].state, DeliveryState::Pending);
 
+    // ack and read: inbox row and in-app status move together, forward only
+    let rows: Vec<NewInboxRow> = ["s0", "s1"]
+        .iter()
+        .map(|id| NewInboxRow {
+            tenant_id: t1.clone(),
+            user_id: "u7".into(),
+            item: item(id, "settled"),
+        })
+        .collect();
+    store.append_inbox(&rows).await.unwrap();
+    let inapp_state = |m: &'static str| {
+        let store = &store;
+        let t1 = t1.clone();
+        async move {
+            store
+                .delivery_status(&t1, m)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|s| s.user_id == "u7" && s.channel == Channel::Inapp)
+                .map(|s| s.state)
+        }
+    };
+    let changed = store
+        .settle_inapp(
+            &t1,
+            "u7",
+            &["s0".into(), "nope".into()],
+            InboxStatus::Delivered,
+            DeliveryState::Delivered,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, vec!["s0"]);
+    assert_eq!(inapp_state("s0").await, Some(DeliveryState::Delivered));
+    assert_eq!(inapp_state("s1").await, None, "only the settled ids");
+    store
+        .settle_inapp(
+            &t1,
+            "u7",
+            &["s0".into()],
+            InboxStatus::Read,
+            DeliveryState::Read,
+        )
+        .await
+        .unwrap();
+    let back = store
+        .settle_inapp(
+            &t1,
+            "u7",
+            &["s0".into()],
+            InboxStatus::Delivered,
+            DeliveryState::Delivered,
+        )
+        .await
+        .unwrap();
+    assert!(back.is_empty(), "an ack after the read changes nothing");
+    assert_eq!(inapp_state("s0").await, Some(DeliveryState::Read));
+    assert_eq!(store.unread_count(&t1, "u7").await.unwrap(), 1);
+
     // dead letters
     for i in 0..3 {
         let e = DlqEntry {

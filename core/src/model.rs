@@ -279,6 +279,18 @@ pub struct DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// The in-app status of `user` after an ack or a read, stamped now.
+    pub fn inapp(user: &str, state: DeliveryState) -> Self {
+        DeliveryStatus {
+            user_id: user.to_string(),
+            channel: Channel::Inapp,
+            state,
+            attempts: 1,
+            last_error: None,
+            updated_at_ms: now_ms(),
+        }
+    }
+
     /// The status of `d` (its user and channel), stamped now.
     pub fn of(
         d: &Delivery,

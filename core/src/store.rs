@@ -136,6 +136,25 @@ pub trait Store: Send + Sync + 'static {
         ids: &[String],
         status: InboxStatus,
     ) -> Result<Vec<String>>;
+    /// Move inbox rows forward to `status` and, for the ids that changed, the user's in-app
+    /// delivery status to `state` (an ack, a read): one write where the backend can, so an ack
+    /// costs one round to the disk. Returns the ids that changed.
+    async fn settle_inapp(
+        &self,
+        tenant: &str,
+        user: &str,
+        ids: &[String],
+        status: InboxStatus,
+        state: DeliveryState,
+    ) -> Result<Vec<String>> {
+        let changed = self.set_inbox_status(tenant, user, ids, status).await?;
+        let st = DeliveryStatus::inapp(user, state);
+        for id in &changed {
+            self.put_delivery_status(tenant, id, std::slice::from_ref(&st))
+                .await?;
+        }
+        Ok(changed)
+    }
     /// Mark every unread row read; returns how many changed.
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64>;
 

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tidings_core::http::{body_json, ApiResult};
-use tidings_core::model::{now_ms, Channel, DeliveryState, DeliveryStatus, EventKind, InboxStatus};
+use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
 use tidings_core::{Context, Error};
 
 pub fn routes(ctx: Context) -> Router {
@@ -81,9 +81,8 @@ pub async fn mark_read(
 ) -> tidings_core::Result<Vec<String>> {
     let changed = ctx
         .store
-        .set_inbox_status(tenant, user, ids, InboxStatus::Read)
+        .settle_inapp(tenant, user, ids, InboxStatus::Read, DeliveryState::Read)
         .await?;
-    set_states(ctx, tenant, user, &changed, DeliveryState::Read).await?;
     crate::publish_events(
         ctx,
         tenant,
@@ -95,31 +94,6 @@ pub async fn mark_read(
     )
     .await;
     Ok(changed)
-}
-
-/// Move the in-app delivery status of `ids` for `user` to `state`.
-pub async fn set_states(
-    ctx: &Context,
-    tenant: &str,
-    user: &str,
-    ids: &[String],
-    state: DeliveryState,
-) -> tidings_core::Result<()> {
-    let now = now_ms();
-    // one status row per message: written concurrently, they share one group commit
-    futures::future::try_join_all(ids.iter().map(|id| {
-        let st = DeliveryStatus {
-            user_id: user.to_string(),
-            channel: Channel::Inapp,
-            state,
-            attempts: 1,
-            last_error: None,
-            updated_at_ms: now,
-        };
-        async move { ctx.store.put_delivery_status(tenant, id, &[st]).await }
-    }))
-    .await?;
-    Ok(())
 }
 
 async fn read(

@@ -14,7 +14,7 @@
 //! one status write, one event append for the lot), each still answered with its own `ok`.
 
 use crate::frames;
-use crate::inbox::{mark_read, set_states};
+use crate::inbox::mark_read;
 use crate::user_auth::{verify, User};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -285,9 +285,8 @@ impl Conn {
             let changed = self
                 .ctx
                 .store
-                .set_inbox_status(t, u, &ids, InboxStatus::Delivered)
+                .settle_inapp(t, u, &ids, InboxStatus::Delivered, DeliveryState::Delivered)
                 .await?;
-            set_states(&self.ctx, t, u, &changed, DeliveryState::Delivered).await?;
             crate::publish_events(
                 &self.ctx,
                 t,

@@ -128,6 +128,27 @@ impl EmbeddedStore {
     }
 }
 
+/// Write one delivery status unless the stored one is further along (statuses only move
+/// forward).
+fn put_status_in(
+    t: &mut redb::Table<'_, (&str, &str, &str, &str), &[u8]>,
+    tenant: &str,
+    message_id: &str,
+    s: &DeliveryStatus,
+) -> Result<()> {
+    let key = (tenant, message_id, s.user_id.as_str(), s.channel.as_str());
+    let old: Option<DeliveryStatus> = t
+        .get(key)
+        .map_err(storage_err)?
+        .map(|v| from_json(v.value()))
+        .transpose()?;
+    if old.is_some_and(|o| delivery_rank(o.state) > delivery_rank(s.state)) {
+        return Ok(());
+    }
+    t.insert(key, to_json(s)?.as_slice()).map_err(storage_err)?;
+    Ok(())
+}
+
 fn set_inbox_status_in(
     txn: &WriteTransaction,
     tenant: &str,
@@ -671,23 +692,31 @@ impl Store for EmbeddedStore {
             .write(move |txn| {
                 let mut t = txn.open_table(STATUS).map_err(storage_err)?;
                 for s in &statuses {
-                    let key = (
-                        tenant.as_str(),
-                        id.as_str(),
-                        s.user_id.as_str(),
-                        s.channel.as_str(),
-                    );
-                    let old: Option<DeliveryStatus> = t
-                        .get(key)
-                        .map_err(storage_err)?
-                        .map(|v| from_json(v.value()))
-                        .transpose()?;
-                    if old.is_some_and(|o| delivery_rank(o.state) > delivery_rank(s.state)) {
-                        continue;
-                    }
-                    t.insert(key, to_json(s)?.as_slice()).map_err(storage_err)?;
+                    put_status_in(&mut t, &tenant, &id, s)?;
                 }
                 Ok(())
+            })
+            .await
+    }
+
+    async fn settle_inapp(
+        &self,
+        tenant: &str,
+        user: &str,
+        ids: &[String],
+        status: InboxStatus,
+        state: DeliveryState,
+    ) -> Result<Vec<String>> {
+        let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
+        self.engine
+            .write(move |txn| {
+                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, status)?;
+                let mut t = txn.open_table(STATUS).map_err(storage_err)?;
+                let st = DeliveryStatus::inapp(&user, state);
+                for id in &changed {
+                    put_status_in(&mut t, &tenant, id, &st)?;
+                }
+                Ok(changed)
             })
             .await
     }
