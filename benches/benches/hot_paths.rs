@@ -162,6 +162,7 @@ fn bus(c: &mut Criterion) {
         Duration::from_secs(3600),
     )
     .unwrap();
+    rt.block_on(bus.ensure_topic("bench")).unwrap();
     let batch = |n: usize| -> Vec<OutRecord> {
         (0..n)
             .map(|i| OutRecord::new("bench", format!("user-{i}").into_bytes(), vec![7u8; 300]))
