@@ -16,8 +16,8 @@ Each result file is one JSON object as written by the load generator, e.g.:
 A file only contributes to a plot when it has every field that plot reads and no "label"
 (labelled runs are variants, e.g. "no-ack"); anything else is ignored. Plots written to OUTDIR (a plot without data is skipped with a message):
 
-  latency-vs-load.svg        scenario "unicast", target "tidings": x = deliveries_per_s
-                             (msg/s), y = latency p50 / p99 / p99.9 in ms (log scale).
+  latency-vs-load.svg        scenario "unicast", target "tidings": x = target_rate
+                             (offered msg/s; runs at "as fast as possible" are left out), y = latency p50 / p99 / p99.9 in ms (log scale).
   memory-vs-connections.svg  scenario "connections": x = clients, y = server.rss_mib_connected,
                              one line per target.
   fanout-vs-subscribers.svg  scenario "topic": x = clients (subscribers), y = latency_ms.max
@@ -164,9 +164,10 @@ def tick_formatter(ticks):
     def fmt(v):
         if v == 0:
             return "0"
-        if top >= 1e6:
+        # a value under 1,000 keeps its own digits (a log axis spans 0.001 .. 100k)
+        if top >= 1e6 and abs(v) >= 1e6:
             return f"{v / 1e6:g}M"
-        if top >= 1e4:
+        if top >= 1e4 and abs(v) >= 1e3:
             return f"{v / 1e3:g}k"
         if float(v).is_integer():
             return f"{v:,.0f}"
@@ -281,17 +282,18 @@ def line_chart(title, x_title, y_title, series, y_log=False, x_from_zero=True,
 # --------------------------------------------------------------------------- the plots
 
 def plot_latency_vs_load(results):
-    docs = select(results, "unicast", "tidings")
+    # offered load on x: past saturation the delivered rate falls back while latency climbs
+    docs = [d for d in select(results, "unicast", "tidings") if d.get("target_rate")]
     series = []
     for key, label, colour in (("p50", "p50", "#2e9e44"), ("p99", "p99", "#1f6fb4"),
                                ("p999", "p99.9", "#d9541e")):
-        pts = points(docs, ("deliveries_per_s",), ("latency_ms", key))
+        pts = points(docs, ("target_rate",), ("latency_ms", key))
         pts = [(x, y) for x, y in pts if y > 0]  # log axis
         if pts:
             series.append({"label": label, "colour": colour, "dash": None, "points": pts})
     if not series:
         return None
-    return line_chart("tidings unicast: latency vs load", "delivered (msg/s)",
+    return line_chart("tidings unicast: latency vs offered load", "offered load (msg/s)",
                       "latency (ms, log scale)", series, y_log=True)
 
 
@@ -336,7 +338,7 @@ def plot_fanout_vs_subscribers(results):
 
 PLOTS = [
     ("latency-vs-load.svg", plot_latency_vs_load,
-     'no "unicast" results for target "tidings" with deliveries_per_s and latency_ms'),
+     'no "unicast" results for target "tidings" with target_rate and latency_ms'),
     ("memory-vs-connections.svg", plot_memory_vs_connections,
      'no "connections" results with clients and server.rss_mib_connected'),
     ("fanout-vs-subscribers.svg", plot_fanout_vs_subscribers,
