@@ -33,6 +33,7 @@ use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECT
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
 use tidings_core::presence::ConnSink;
 use tidings_core::{Context, Error, ErrorKind};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,8 @@ const ACK_BATCH: usize = 256;
 /// Bytes read from a socket at a time. tungstenite's default (128 KiB) is zero-filled on the
 /// first read, which made every idle connection cost ~138 KiB of RSS; client frames are small.
 const READ_BUFFER: usize = 1024;
-/// Client frames waiting for their handler; a client that floods past this waits.
+/// Client frames waiting for their handler. A client that sends more without reading the
+/// replies is closed (1008): waiting on it would stop this connection's pushes and pings.
 const FRAME_QUEUE: usize = 1024;
 
 #[derive(Clone)]
@@ -246,7 +248,14 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                                 let conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: sent.clone() };
                                 (frames_tx, tokio::spawn(frame_handler(conn, frames_rx, replies_tx)))
                             });
-                            if frames.send(t.as_str().to_string()).await.is_err() { break; }
+                            match frames.try_send(t.as_str().to_string()) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => {
+                                    closing = Some((1008, "too many frames in flight: read the replies"));
+                                    break;
+                                }
+                                Err(TrySendError::Closed(_)) => break,
+                            }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
