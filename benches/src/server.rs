@@ -41,7 +41,7 @@ pub struct Sampler {
 }
 
 /// Linux reports CPU times in ticks of 1/100 s (`getconf CLK_TCK`) on every platform we run.
-const TICKS_PER_S: f64 = 100.0;
+pub const TICKS_PER_S: f64 = 100.0;
 
 impl Sampler {
     pub fn start(pid: u32, every: Duration) -> Sampler {

@@ -2,7 +2,8 @@
 //! speaking tidings' frames or Centrifugo's JSON protocol, recording every delivery.
 
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,10 +55,8 @@ impl Tally {
         }
     }
 
-    fn record(&self, seen: &mut HashSet<u64>, data: &Value) {
-        let (Some(sent), Some(key)) = (data["t"].as_u64(), data["k"].as_u64()) else {
-            return;
-        };
+    fn record(&self, seen: &mut HashSet<u64>, stamp: &Stamp) {
+        let (sent, key) = (stamp.t, stamp.k);
         let now = crate::now_us();
         if !seen.insert(key) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -65,7 +64,7 @@ impl Tally {
         }
         self.received.fetch_add(1, Ordering::Relaxed);
         self.last_us.fetch_max(now, Ordering::Relaxed);
-        let prio = data["p"].as_u64().unwrap_or(2).min(3) as usize;
+        let prio = stamp.p.min(3) as usize;
         self.latency_us[prio]
             .lock()
             .unwrap()
@@ -77,6 +76,46 @@ impl Tally {
             e.1 = e.1.max(now);
         }
     }
+}
+
+/// What the load generator puts in every message's data: send time (µs), key, priority index.
+#[derive(Deserialize)]
+pub struct Stamp {
+    t: u64,
+    k: u64,
+    #[serde(default = "normal")]
+    p: u64,
+}
+
+fn normal() -> u64 {
+    2
+}
+
+/// The fields of a tidings frame the clients read (typed: parsing is most of a client's work).
+#[derive(Deserialize)]
+struct TidingsFrame {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    id: String,
+    data: Option<Stamp>,
+}
+
+/// A Centrifugo push: `{"push":{"channel":..,"pub":{"data":..}}}`.
+#[derive(Deserialize)]
+struct CentrifugoFrame {
+    push: Option<CentrifugoPush>,
+}
+
+#[derive(Deserialize)]
+struct CentrifugoPush {
+    #[serde(rename = "pub")]
+    publication: Option<CentrifugoPub>,
+}
+
+#[derive(Deserialize)]
+struct CentrifugoPub {
+    data: Stamp,
 }
 
 /// The `n`th loopback source address of `spread` (127.0.0.1 .. 127.0.0.spread), so that more
@@ -150,16 +189,15 @@ pub async fn read_loop(mut ws: Ws, target: Target, ack: bool, tally: Arc<Tally>)
         let Message::Text(t) = m else { continue };
         match target {
             Target::Tidings => {
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                let Ok(f) = serde_json::from_str::<TidingsFrame>(t.as_str()) else {
                     continue;
                 };
-                if v["type"] != "message" {
+                let (true, Some(stamp)) = (f.ty == "message", &f.data) else {
                     continue;
-                }
-                tally.record(&mut seen, &v["data"]);
+                };
+                tally.record(&mut seen, stamp);
                 if ack {
-                    let id = v["id"].as_str().unwrap_or_default();
-                    let frame = json!({"type": "ack", "id": id}).to_string();
+                    let frame = json!({"type": "ack", "id": f.id}).to_string();
                     if ws.send(Message::Text(frame.into())).await.is_err() {
                         break;
                     }
@@ -172,10 +210,16 @@ pub async fn read_loop(mut ws: Ws, target: Target, ack: bool, tally: Arc<Tally>)
                         let _ = ws.send(Message::Text("{}".into())).await;
                         continue;
                     }
-                    let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    let Ok(CentrifugoFrame {
+                        push:
+                            Some(CentrifugoPush {
+                                publication: Some(p),
+                            }),
+                    }) = serde_json::from_str(line)
+                    else {
                         continue;
                     };
-                    tally.record(&mut seen, &v["push"]["pub"]["data"]);
+                    tally.record(&mut seen, &p.data);
                 }
             }
         }

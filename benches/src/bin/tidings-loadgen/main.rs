@@ -606,6 +606,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_connected = sampler.as_ref().map(|s| s.rss_mib_now());
     let phase_start_s = sampler.as_ref().map_or(0.0, |s| s.elapsed_s());
     let phase_start = now_us();
+    let own_ticks = tidings_benches::server::cpu_ticks(std::process::id()).unwrap_or(0);
     let t = Instant::now();
 
     let mut result = json!({});
@@ -660,6 +661,13 @@ async fn main() -> anyhow::Result<()> {
     let last = tally.last_us.load(Ordering::Relaxed);
     let delivery_s = (last.saturating_sub(phase_start) as f64 / 1e6).max(1e-3);
     let phase_end_s = sampler.as_ref().map_or(0.0, |s| s.elapsed_s());
+    // the load generator's own CPU over the send phase and the drain (it shares the machine)
+    let own_cpu = tidings_benches::server::cpu_ticks(std::process::id())
+        .unwrap_or(0)
+        .saturating_sub(own_ticks) as f64
+        / tidings_benches::server::TICKS_PER_S
+        / t.elapsed().as_secs_f64().max(1e-3)
+        * 100.0;
 
     let mut all = Vec::new();
     let mut by_priority = json!({});
@@ -682,6 +690,7 @@ async fn main() -> anyhow::Result<()> {
         "deliveries_per_s": received as f64 / delivery_s,
         "latency_ms": latency_summary(&mut all),
         "by_priority": by_priority,
+        "loadgen_cpu_percent": own_cpu,
     });
     obj.extend(fields.as_object().unwrap().clone());
     if let (Some(s), Some(before), Some(connected)) = (&sampler, rss_before, rss_connected) {
@@ -750,4 +759,8 @@ fn report(r: &Value) {
             s["cpu_percent_avg"].as_f64().unwrap_or(0.0),
         );
     }
+    println!(
+        "load generator CPU {:.0}% over the run",
+        r["loadgen_cpu_percent"].as_f64().unwrap_or(0.0)
+    );
 }
