@@ -82,8 +82,8 @@ def fanout(results):
 
 
 def unicast(results):
-    print("| offered | sent | delivered | p50 | p90 | p99 | p99.9 | max (ms) | lost | dup | server CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| offered | sent | delivered | p50 | p90 | p99 | p99.9 | max (ms) | lost | dup | server CPU | load generator CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = by(results, "unicast", "tidings")
     rows.sort(key=lambda d: d.get("target_rate") or 10**9)
     for d in rows:
@@ -91,7 +91,8 @@ def unicast(results):
         offered = f"{rate:,}/s" if rate else "max (64 senders)"
         print(f"| {offered} | {num(d.get('throughput_per_s'))}/s | {num(d.get('deliveries_per_s'))}/s "
               f"| {lat(d)} | {d.get('lost')} | {d.get('duplicates')} "
-              f"| {num((d.get('server') or {}).get('cpu_percent_avg'))}% |")
+              f"| {num((d.get('server') or {}).get('cpu_percent_avg'))}% "
+              f"| {num(d.get('loadgen_cpu_percent'))}% |")
 
 
 def others(results):
