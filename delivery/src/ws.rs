@@ -33,7 +33,6 @@ use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECT
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
 use tidings_core::presence::ConnSink;
 use tidings_core::{Context, Error, ErrorKind};
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -45,9 +44,11 @@ const ACK_BATCH: usize = 256;
 /// Bytes read from a socket at a time. tungstenite's default (128 KiB) is zero-filled on the
 /// first read, which made every idle connection cost ~138 KiB of RSS; client frames are small.
 const READ_BUFFER: usize = 1024;
-/// Client frames waiting for their handler. A client that sends more without reading the
-/// replies is closed (1008): waiting on it would stop this connection's pushes and pings.
+/// Client frames waiting for their handler; while it is full the connection stops reading the
+/// client (TCP pushes back) and keeps pushing, pinging and replying.
 const FRAME_QUEUE: usize = 1024;
+/// How long a closed connection's frames already received may take to be persisted.
+const FRAME_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct WsState {
@@ -128,7 +129,8 @@ struct Conn {
 }
 
 /// Handle the client frames of one connection in order, batching consecutive acks; replies
-/// go to `out`.
+/// go to `out`. Frames already received are handled even after the connection has gone (an
+/// ack or a read sent just before closing still counts); the replies are then dropped.
 async fn frame_handler(mut conn: Conn, mut frames: Receiver<String>, out: Sender<String>) {
     let mut held: Option<Result<ClientFrame, String>> = None;
     loop {
@@ -161,7 +163,7 @@ async fn frame_handler(mut conn: Conn, mut frames: Receiver<String>, out: Sender
         };
         for r in replies {
             if out.send(r).await.is_err() {
-                return;
+                break;
             }
         }
     }
@@ -237,7 +239,8 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                     let Some(reply) = reply else { break };
                     if sink.send(Message::Text(reply.into())).await.is_err() { break; }
                 }
-                msg = stream.next() => {
+                // read the client only while its frames have room (`capacity` is what is free)
+                msg = stream.next(), if handler.as_ref().is_none_or(|(f, _)| f.capacity() > 0) => {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(Message::Text(t))) => {
@@ -248,14 +251,8 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                                 let conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: sent.clone() };
                                 (frames_tx, tokio::spawn(frame_handler(conn, frames_rx, replies_tx)))
                             });
-                            match frames.try_send(t.as_str().to_string()) {
-                                Ok(()) => {}
-                                Err(TrySendError::Full(_)) => {
-                                    closing = Some((1008, "too many frames in flight: read the replies"));
-                                    break;
-                                }
-                                Err(TrySendError::Closed(_)) => break,
-                            }
+                            // room was checked above and this loop is the only sender
+                            if frames.send(t.as_str().to_string()).await.is_err() { break; }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
@@ -277,8 +274,15 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
             })))
             .await;
     }
-    if let Some((_, h)) = handler {
-        h.abort();
+    // let the handler finish the frames it has (no replies: the socket is done)
+    drop(replies);
+    if let Some((frames, h)) = handler {
+        drop(frames);
+        let abort = h.abort_handle();
+        if tokio::time::timeout(FRAME_DRAIN, h).await.is_err() {
+            tracing::warn!("frames of a closed connection were not persisted in time");
+            abort.abort();
+        }
     }
     ctx.presence.detach(&user.tenant, &user.user, conn_id);
     metrics::gauge!(DELIVERY_CONNECTIONS).decrement(1.0);

@@ -181,7 +181,13 @@ pub async fn validate(
 }
 
 /// Assign the id, apply the idempotency key and append durably to `requests.<priority>`.
-pub async fn accept(ctx: &Context, mut req: NotificationRequest) -> Result<Accepted> {
+pub async fn accept(ctx: &Context, req: NotificationRequest) -> Result<Accepted> {
+    // an urgent send's writes overtake bulk ones queued for the disk
+    let urgent = req.priority == Priority::Urgent;
+    tidings_core::hint::urgent_if(urgent, accept_inner(ctx, req)).await
+}
+
+async fn accept_inner(ctx: &Context, mut req: NotificationRequest) -> Result<Accepted> {
     let started = Instant::now();
     let priority = req.priority.as_str();
     req.message_id = new_message_id();
@@ -211,8 +217,7 @@ pub async fn accept(ctx: &Context, mut req: NotificationRequest) -> Result<Accep
         req.tenant_id.as_bytes().to_vec(),
         tidings_schemas::codec().encode_request(&req),
     );
-    let urgent = req.priority == Priority::Urgent;
-    if let Err(e) = tidings_core::hint::urgent_if(urgent, ctx.bus.append(vec![record])).await {
+    if let Err(e) = ctx.bus.append(vec![record]).await {
         if let Some(key) = &req.idempotency_key {
             // the send was not accepted: let a retry of it claim the key again
             let _ = ctx

@@ -6,8 +6,7 @@
 //! emitted again in that case; the client side absorbs them by message id.
 
 use futures::future::try_join_all;
-use futures::stream::{FuturesUnordered, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use tidings_core::bus::{OutRecord, Record};
 use tidings_core::metrics_names::{
@@ -16,7 +15,7 @@ use tidings_core::metrics_names::{
 use tidings_core::model::*;
 use tidings_core::store::{NewInboxRow, Page};
 use tidings_core::{template, Context, Error, Result};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 /// A decoded, rendered request.
 struct Prepared {
@@ -139,18 +138,63 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
 /// page's delivery append overlaps the next page's inbox rows.
 const PAGES_IN_FLIGHT: usize = 4;
 
+/// Pages written at once, in order of the requests they come from. Pages run concurrently
+/// only while no user is in two of them: a user's rows (and so their sequences) and deliveries
+/// stay in request order. Dropping it aborts the pages still running (their writes are
+/// idempotent), so a failed batch leaves nothing behind but what it already wrote.
+struct Pages {
+    ctx: Context,
+    prepared: Arc<Vec<Prepared>>,
+    urgent: bool,
+    running: JoinSet<Result<()>>,
+    /// Users of the pages started since everything in flight last finished.
+    users: HashSet<String>,
+}
+
+/// Past this many users remembered, wait for the pages in flight and start afresh.
+const USERS_REMEMBERED: usize = 16 * 1024;
+
+impl Pages {
+    async fn start(&mut self, pairs: Vec<(usize, String)>) -> Result<()> {
+        if pairs.iter().any(|(_, u)| self.users.contains(u)) || self.users.len() >= USERS_REMEMBERED
+        {
+            self.wait_below(1).await?;
+            self.users.clear();
+        }
+        self.users.extend(pairs.iter().map(|(_, u)| u.clone()));
+        let (ctx, prepared) = (self.ctx.clone(), self.prepared.clone());
+        self.running
+            .spawn(tidings_core::hint::urgent_if(self.urgent, async move {
+                flush(&ctx, &prepared, pairs).await
+            }));
+        self.wait_below(PAGES_IN_FLIGHT).await
+    }
+
+    /// Wait for page writes until fewer than `n` are in flight; the first failure ends the
+    /// batch (it is routed again).
+    async fn wait_below(&mut self, n: usize) -> Result<()> {
+        while self.running.len() >= n {
+            match self.running.join_next().await {
+                Some(Ok(r)) => r?,
+                Some(Err(e)) => return Err(Error::internal(format!("a page write failed: {e}"))),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Expand every request's recipients page by page, writing and emitting each page as it
 /// fills, up to [`PAGES_IN_FLIGHT`] pages at a time.
 async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
     let page = ctx.config.router.page_size;
     let mut pending: Vec<(usize, String)> = Vec::new();
-    let mut inflight = FuturesUnordered::new();
-    let urgent = tidings_core::hint::is_urgent();
-    let start = |pairs: Vec<(usize, String)>| {
-        let (ctx, prepared) = (ctx.clone(), prepared.clone());
-        tokio::spawn(tidings_core::hint::urgent_if(urgent, async move {
-            flush(&ctx, &prepared, pairs).await
-        }))
+    let mut pages = Pages {
+        ctx: ctx.clone(),
+        prepared: prepared.clone(),
+        urgent: tidings_core::hint::is_urgent(),
+        running: JoinSet::new(),
+        users: HashSet::new(),
     };
     for (i, p) in prepared.iter().enumerate() {
         let to = &p.req.to;
@@ -158,8 +202,7 @@ async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
         for u in &to.users {
             pending.push((i, u.clone()));
             if pending.len() >= page {
-                inflight.push(start(std::mem::take(&mut pending)));
-                wait_below(&mut inflight, PAGES_IN_FLIGHT).await?;
+                pages.start(std::mem::take(&mut pending)).await?;
             }
         }
         let sources = to
@@ -174,8 +217,7 @@ async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
                 let pg = source.page(ctx, t, after.as_deref(), page).await?;
                 pending.extend(pg.items.into_iter().map(|u| (i, u)));
                 if pending.len() >= page {
-                    inflight.push(start(std::mem::take(&mut pending)));
-                    wait_below(&mut inflight, PAGES_IN_FLIGHT).await?;
+                    pages.start(std::mem::take(&mut pending)).await?;
                 }
                 match pg.next {
                     Some(n) => after = Some(n),
@@ -185,25 +227,9 @@ async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
         }
     }
     if !pending.is_empty() {
-        inflight.push(start(pending));
+        pages.start(pending).await?;
     }
-    wait_below(&mut inflight, 1).await
-}
-
-/// Wait for page writes until fewer than `n` are in flight; the first failure ends the batch
-/// (it is routed again; the pages still running write idempotently).
-async fn wait_below(
-    inflight: &mut FuturesUnordered<JoinHandle<Result<()>>>,
-    n: usize,
-) -> Result<()> {
-    while inflight.len() >= n {
-        match inflight.next().await {
-            Some(Ok(r)) => r?,
-            Some(Err(e)) => return Err(Error::internal(format!("a page write panicked: {e}"))),
-            None => break,
-        }
-    }
-    Ok(())
+    pages.wait_below(1).await
 }
 
 /// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries.

@@ -915,3 +915,30 @@ async fn a_burst_of_acks_is_answered_in_order_and_every_one_persisted() {
         late.as_str()
     );
 }
+
+/// A read sent right before the client closes still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sent_just_before_closing_is_persisted() {
+    let s = Server::start(&[]).await;
+    let t = s.tenant().await;
+    let mut ws = Ws::connect(&s, &t.token("fay")).await;
+    let id = s
+        .send(&t, json!({"to": {"users": ["fay"]}, "title": "bye"}))
+        .await;
+    assert_eq!(ws.next_message(10 * SEC).await.unwrap()["id"], id.as_str());
+    ws.send(json!({"type": "read", "ids": [id]})).await;
+    ws.send_raw(Message::Close(None)).await;
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + 10 * SEC;
+    loop {
+        let inbox = s.inbox_all(&t.token("fay")).await;
+        if inbox[0]["status"] == "read" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read was lost: {inbox:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -113,11 +113,10 @@ fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
                 None => return,
             }
         }
-        while urgent.len() + bulk.len() < MAX_GROUP * 4 {
-            match rx.try_recv() {
-                Ok(q) => take(q, &mut urgent, &mut bulk),
-                Err(_) => break,
-            }
+        // take everything waiting, so an urgent job never sits behind bulk ones in the channel
+        // (callers await their replies, so what waits is bounded by the callers in flight)
+        while let Ok(q) = rx.try_recv() {
+            take(q, &mut urgent, &mut bulk);
         }
         let mut txn = match db.begin_write() {
             Ok(t) => t,

@@ -261,14 +261,18 @@ impl Server {
     }
 
     /// Send one message; `to` is a user, or `None` for the bench topic (or broadcast).
+    /// `stamp` is the send time to record (µs since the epoch): the time the message was due
+    /// in a paced stream, so that a sender running late counts its delay as latency (no
+    /// coordinated omission); now when `None`.
     async fn send(
         &self,
         to: Option<&str>,
         broadcast: bool,
         prio: usize,
         key: u64,
+        stamp: Option<u64>,
     ) -> anyhow::Result<()> {
-        let data = json!({"t": now_us(), "k": key, "p": prio});
+        let data = json!({"t": stamp.unwrap_or_else(now_us), "k": key, "p": prio});
         let resp = match self.target {
             Target::Tidings => {
                 let to = match (to, broadcast) {
@@ -441,6 +445,7 @@ async fn stream(
     let next = Arc::new(AtomicU64::new(0));
     let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let start = Instant::now();
+    let start_us = now_us();
     let end = start + Duration::from_secs(args.seconds);
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
@@ -454,18 +459,21 @@ async fn stream(
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if let Some(due) = stream_due(&args, n) {
-                    let at = start + due;
-                    if at >= end {
-                        return;
+                let stamp = match stream_due(&args, n) {
+                    Some(due) => {
+                        let at = start + due;
+                        if at >= end {
+                            return;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        Some(start_us + due.as_micros() as u64)
                     }
-                    tokio::time::sleep_until(at.into()).await;
-                } else if Instant::now() >= end {
-                    return;
-                }
+                    None if Instant::now() >= end => return,
+                    None => None,
+                };
                 let user = format!("u{}", (n as usize * 7919) % args.clients);
                 match server
-                    .send(Some(&user), false, stream_priority(&args, n), n)
+                    .send(Some(&user), false, stream_priority(&args, n), n, stamp)
                     .await
                 {
                     Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
@@ -506,7 +514,7 @@ async fn fan_out(
     for k in 0..args.messages {
         let t0 = now_us();
         if let Err(e) = server
-            .send(None, args.scenario == Scenario::Broadcast, 2, k)
+            .send(None, args.scenario == Scenario::Broadcast, 2, k, None)
             .await
         {
             eprintln!("send {k} failed: {e:#}");
@@ -557,7 +565,7 @@ async fn queue_backlog(server: &Arc<Server>, args: &Args) -> anyhow::Result<(u64
                 if n >= total {
                     return;
                 }
-                match server.send(None, false, 3, BACKLOG_KEYS + n).await {
+                match server.send(None, false, 3, BACKLOG_KEYS + n, None).await {
                     Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -600,6 +608,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let tally = Arc::new(Tally::new(fan));
     let connect_failed = connect_all(&server, &args, &tally, sampler.as_ref()).await?;
+    if connect_failed > 0 {
+        eprintln!(
+            "warning: {connect_failed} clients failed to connect; messages to them count as lost"
+        );
+    }
     let clients = tally.connected.load(Ordering::Relaxed);
     // let connection set-up settle before measuring memory
     tokio::time::sleep(Duration::from_secs(2)).await;
