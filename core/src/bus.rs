@@ -93,6 +93,12 @@ pub trait Consumer: Send {
     }
 }
 
+/// The record key of everything about one user (deliveries, events): `tenant/user`, so a
+/// user's records stay in one partition, in order.
+pub fn user_key(tenant: &str, user: &str) -> Vec<u8> {
+    format!("{tenant}/{user}").into_bytes()
+}
+
 /// The highest `offset + 1` per partition among `records`.
 pub fn next_offsets(records: &[Record]) -> Vec<(u32, u64)> {
     let mut out: Vec<(u32, u64)> = Vec::new();

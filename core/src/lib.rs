@@ -73,6 +73,20 @@ impl Context {
         self.config.topic("dlq")
     }
 
+    /// Record where delivery `d` stands (its user and channel), stamped now.
+    pub async fn set_status(
+        &self,
+        d: &model::Delivery,
+        state: model::DeliveryState,
+        attempts: u32,
+        last_error: Option<String>,
+    ) -> Result<()> {
+        let status = model::DeliveryStatus::of(d, state, attempts, last_error);
+        self.store
+            .put_delivery_status(&d.tenant_id, &d.message_id, &[status])
+            .await
+    }
+
     /// Send a record a stage cannot handle to `dlq`, prefixed with the reason
     /// (`"<code>: <message>\n"`), so the partition it came from never stalls on it.
     pub async fn dead_letter(&self, record: &bus::Record, err: &Error) -> Result<()> {

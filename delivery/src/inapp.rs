@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tidings_core::bus::{next_offsets, Consumer, Record};
-use tidings_core::metrics_names::{DELIVERY_ATTEMPTS_TOTAL, DELIVERY_LATENCY_SECONDS};
-use tidings_core::model::{now_ms, Channel};
+use tidings_core::metrics_names::DELIVERY_ATTEMPTS_TOTAL;
+use tidings_core::model::Channel;
 use tidings_core::presence::Push;
 use tidings_core::{Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -89,8 +89,7 @@ async fn push_all(ctx: &Context, records: &[Record]) -> Result<()> {
         };
         let reached = ctx.presence.push(&d.tenant_id, &d.user_id, push).await?;
         if reached > 0 {
-            let latency = (now_ms() - d.accepted_at_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!(DELIVERY_LATENCY_SECONDS, "priority" => d.priority.as_str(), "channel" => "inapp").record(latency);
+            crate::observe_latency(&d);
             metrics::counter!(DELIVERY_ATTEMPTS_TOTAL, "channel" => "inapp", "outcome" => "pushed")
                 .increment(1);
         } else {

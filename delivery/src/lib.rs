@@ -57,6 +57,14 @@ pub fn routes(ctx: Context, shutdown: tokio_util::sync::CancellationToken) -> Ro
     inbox::routes(ctx.clone()).merge(ws::routes(ctx, shutdown))
 }
 
+/// Observe the end-to-end latency of `d` (ingest acceptance to push or post), now.
+fn observe_latency(d: &tidings_core::model::Delivery) {
+    let latency = (now_ms() - d.accepted_at_ms).max(0) as f64 / 1000.0;
+    metrics::histogram!(tidings_core::metrics_names::DELIVERY_LATENCY_SECONDS,
+        "priority" => d.priority.as_str(), "channel" => d.channel.as_str())
+    .record(latency);
+}
+
 /// Publish delivery events on `events` (best effort: statuses are already in the store).
 pub async fn publish_events(
     ctx: &Context,
@@ -86,7 +94,7 @@ pub async fn publish_events(
             };
             OutRecord::new(
                 ctx.events_topic(),
-                format!("{tenant}/{user}").into_bytes(),
+                tidings_core::bus::user_key(tenant, user),
                 codec.encode_event(&e),
             )
         })

@@ -351,22 +351,17 @@ async fn dlq_replay(
         d.last_error = None;
         let rec = OutRecord::new(
             ctx.deliveries_topic(d.channel, d.priority),
-            format!("{}/{}", d.tenant_id, d.user_id).into_bytes(),
+            tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
             codec.encode_delivery(&d),
         );
         ctx.bus.append(vec![rec]).await?;
-        ctx.store
-            .put_delivery_status(
-                &d.tenant_id,
-                &d.message_id,
-                &[DeliveryStatus::of(
-                    &d,
-                    DeliveryState::Retrying,
-                    entry.attempts,
-                    Some(entry.error.clone()),
-                )],
-            )
-            .await
+        ctx.set_status(
+            &d,
+            DeliveryState::Retrying,
+            entry.attempts,
+            Some(entry.error.clone()),
+        )
+        .await
     }
     .await;
     if let Err(e) = replay {

@@ -36,7 +36,7 @@ pub async fn attempt_failed(
     };
     let codec = tidings_schemas::codec();
     let now = now_ms();
-    let key = format!("{}/{}", d.tenant_id, d.user_id).into_bytes();
+    let key = tidings_core::bus::user_key(&d.tenant_id, &d.user_id);
     let attempts = d.attempt + 1;
     d.last_error = Some(error.clone());
     match delay {
@@ -55,17 +55,7 @@ pub async fn attempt_failed(
                     codec.encode_delivery(&d),
                 )])
                 .await?;
-            ctx.store
-                .put_delivery_status(
-                    &d.tenant_id,
-                    &d.message_id,
-                    &[DeliveryStatus::of(
-                        &d,
-                        DeliveryState::Retrying,
-                        attempts,
-                        Some(error),
-                    )],
-                )
+            ctx.set_status(&d, DeliveryState::Retrying, attempts, Some(error))
                 .await?;
             metrics::counter!(RETRY_SCHEDULED_TOTAL, "channel" => d.channel.as_str()).increment(1);
             Ok(Outcome::Scheduled)
@@ -87,17 +77,7 @@ pub async fn attempt_failed(
                 .append(vec![OutRecord::new(ctx.dlq_topic(), key, encoded)])
                 .await?;
             ctx.store.dlq_put(&entry).await?;
-            ctx.store
-                .put_delivery_status(
-                    &d.tenant_id,
-                    &d.message_id,
-                    &[DeliveryStatus::of(
-                        &d,
-                        DeliveryState::Failed,
-                        attempts,
-                        Some(error),
-                    )],
-                )
+            ctx.set_status(&d, DeliveryState::Failed, attempts, Some(error))
                 .await?;
             let reason = if retriable { "exhausted" } else { "permanent" };
             metrics::counter!(DLQ_TOTAL, "channel" => d.channel.as_str(), "reason" => reason)

@@ -341,7 +341,7 @@ async fn flush(
             metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => c.as_str()).increment(1);
             out.push(OutRecord::new(
                 ctx.deliveries_topic(*c, p.req.priority),
-                format!("{}/{}", d.tenant_id, d.user_id).into_bytes(),
+                tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
                 codec.encode_delivery(&d),
             ));
         }

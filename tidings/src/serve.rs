@@ -50,14 +50,22 @@ fn open(config: Config) -> anyhow::Result<Context> {
     })
 }
 
+/// Create every topic the pipeline uses; returns their names.
+async fn ensure_topics(ctx: &Context) -> anyhow::Result<Vec<String>> {
+    let topics = ctx.all_topics();
+    for t in &topics {
+        ctx.bus
+            .ensure_topic(t)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(topics)
+}
+
 /// `tidings migrate`: create every topic (the store creates its tables when opened).
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     let ctx = open(config)?;
-    for t in ctx.all_topics() {
-        ctx.bus
-            .ensure_topic(&t)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for t in ensure_topics(&ctx).await? {
         println!("topic {t}");
     }
     Ok(())
@@ -137,12 +145,7 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
     let prom = metrics_recorder()?;
     let addr = config.http_addr.clone();
     let ctx = open(config)?;
-    for t in ctx.all_topics() {
-        ctx.bus
-            .ensure_topic(&t)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    ensure_topics(&ctx).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
 

@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::time::Duration;
-use tidings_core::metrics_names::{DELIVERY_ATTEMPTS_TOTAL, DELIVERY_LATENCY_SECONDS};
+use tidings_core::metrics_names::DELIVERY_ATTEMPTS_TOTAL;
 use tidings_core::model::*;
 use tidings_core::{Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -177,20 +177,9 @@ async fn attempt(
     };
     match outcome {
         Ok(()) => {
-            let latency = (now_ms() - d.accepted_at_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!(DELIVERY_LATENCY_SECONDS, "priority" => d.priority.as_str(), "channel" => "webhook").record(latency);
+            crate::observe_latency(&d);
             metrics::counter!(DELIVERY_ATTEMPTS_TOTAL, "channel" => "webhook", "outcome" => "delivered").increment(1);
-            ctx.store
-                .put_delivery_status(
-                    &d.tenant_id,
-                    &d.message_id,
-                    &[DeliveryStatus::of(
-                        &d,
-                        DeliveryState::Delivered,
-                        d.attempt + 1,
-                        None,
-                    )],
-                )
+            ctx.set_status(&d, DeliveryState::Delivered, d.attempt + 1, None)
                 .await?;
             crate::publish_events(
                 ctx,
