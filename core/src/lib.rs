@@ -6,6 +6,7 @@
 //! - [`bus`], [`store`], [`presence`]: the three ports, each a documented trait
 //! - [`conformance`]: the test suites every backend of a port must pass
 //! - [`template`]: minijinja rendering; [`auth`]: API keys and user JWTs
+//! - [`hint`]: marks a task's writes urgent, so backends may let them overtake bulk writes
 //! - [`metrics_names`]: every metric name, declared once
 
 pub mod auth;
