@@ -38,6 +38,10 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub webhook: WebhookConfig,
     pub retry: RetryConfig,
+    pub templates: TemplateConfig,
+    pub egress: EgressConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -56,6 +60,10 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             webhook: WebhookConfig::default(),
             retry: RetryConfig::default(),
+            templates: TemplateConfig::default(),
+            egress: EgressConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -185,6 +193,14 @@ pub struct WebSocketConfig {
     /// Frames queued per connection; a connection that falls this far behind is closed and
     /// catches up with `resume`.
     pub send_queue: usize,
+    /// Bytes of frames queued per connection; past it the connection is closed the same way.
+    pub send_queue_bytes: usize,
+    /// A write to a client that does not complete in this long closes the connection, seconds.
+    pub write_timeout_seconds: u64,
+    /// Most connections of one user on this node; the oldest is closed for a new one.
+    pub max_connections_per_user: usize,
+    /// Message ids each connection remembers to show a message once (live and replayed).
+    pub dedup_window: usize,
     /// Messages replayed per store page on `resume`.
     pub resume_page: usize,
 }
@@ -195,6 +211,10 @@ impl Default for WebSocketConfig {
             ping_interval_seconds: 20,
             idle_timeout_seconds: 60,
             send_queue: 1024,
+            send_queue_bytes: 1024 * 1024,
+            write_timeout_seconds: 10,
+            max_connections_per_user: 16,
+            dedup_window: 1024,
             resume_page: 500,
         }
     }
@@ -207,6 +227,8 @@ pub struct WebhookConfig {
     pub timeout_ms: u64,
     /// Concurrent webhook requests per delivery node.
     pub concurrency: usize,
+    /// Concurrent webhook requests of one tenant: a slow endpoint holds only its own share.
+    pub per_tenant_concurrency: usize,
 }
 
 impl Default for WebhookConfig {
@@ -214,6 +236,86 @@ impl Default for WebhookConfig {
         WebhookConfig {
             timeout_ms: 5_000,
             concurrency: 64,
+            per_tenant_concurrency: 8,
+        }
+    }
+}
+
+/// Bounds of tenant templates (see `tidings_core::template`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// VM instructions one render may execute.
+    pub fuel: u64,
+    /// Wall-clock limit of one render, milliseconds.
+    pub timeout_ms: u64,
+    /// Renders running at once (worker processes).
+    pub workers: usize,
+    /// Address space of each render worker, MiB.
+    pub memory_mb: u64,
+    /// Render in worker processes (`true`) or on this process's blocking threads, where
+    /// memory is not bounded (`TIDINGS_TEMPLATE_SANDBOX`).
+    pub sandbox: bool,
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        TemplateConfig {
+            fuel: 200_000,
+            timeout_ms: 2_000,
+            workers: 2,
+            memory_mb: 512,
+            sandbox: true,
+        }
+    }
+}
+
+/// Outbound requests to tenant-chosen addresses (webhooks, later the channel providers).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Allow loopback, private, link-local and unique-local targets
+    /// (`TIDINGS_EGRESS_ALLOW_PRIVATE`). Off in production; tests turn it on.
+    pub allow_private: bool,
+}
+
+/// The HTTP server's own protections.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A client must send its request headers within this long, milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed, seconds.
+    pub idle_timeout_seconds: u64,
+    /// Most open HTTP connections (WebSockets included); kept below the open-file limit.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_seconds: 60,
+            max_connections: 250_000,
+        }
+    }
+}
+
+/// User tokens.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Longest accepted token lifetime (`exp` - `iat`, or `exp` - now), seconds.
+    pub max_token_lifetime_seconds: i64,
+    /// How long a rotated key or secret keeps working next to the new one, seconds.
+    pub rotation_overlap_seconds: i64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_token_lifetime_seconds: 7 * 86_400,
+            rotation_overlap_seconds: 86_400,
         }
     }
 }
@@ -268,6 +370,13 @@ const ENV_KEYS: &[&str] = &[
     "TIDINGS_RETRY_WEBHOOK_MAX_ATTEMPTS",
     "TIDINGS_RETRY_WEBHOOK_BASE_MS",
     "TIDINGS_RETRY_WEBHOOK_CAP_MS",
+    "TIDINGS_EGRESS_ALLOW_PRIVATE",
+    "TIDINGS_TEMPLATE_SANDBOX",
+    "TIDINGS_TEMPLATE_TIMEOUT_MS",
+    "TIDINGS_HTTP_HEADER_READ_TIMEOUT_MS",
+    "TIDINGS_HTTP_MAX_CONNECTIONS",
+    "TIDINGS_WS_MAX_CONNECTIONS_PER_USER",
+    "TIDINGS_WS_WRITE_TIMEOUT_SECONDS",
 ];
 
 impl Config {
@@ -304,6 +413,16 @@ impl Config {
                     Error::invalid("config_invalid", format!("{key}: `{v}` is not a number"))
                 })
             };
+            let flag = |v: &str| -> Result<bool> {
+                match v {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(Error::invalid(
+                        "config_invalid",
+                        format!("{key}: `{v}` is not true or false"),
+                    )),
+                }
+            };
             match *key {
                 "TIDINGS_HTTP_ADDR" => self.http_addr = v,
                 "TIDINGS_DATA_DIR" => self.data_dir = PathBuf::from(v),
@@ -326,6 +445,19 @@ impl Config {
                 }
                 "TIDINGS_RETRY_WEBHOOK_BASE_MS" => self.retry.webhook.base_ms = num(&v)?,
                 "TIDINGS_RETRY_WEBHOOK_CAP_MS" => self.retry.webhook.cap_ms = num(&v)?,
+                "TIDINGS_EGRESS_ALLOW_PRIVATE" => self.egress.allow_private = flag(&v)?,
+                "TIDINGS_TEMPLATE_SANDBOX" => self.templates.sandbox = flag(&v)?,
+                "TIDINGS_TEMPLATE_TIMEOUT_MS" => self.templates.timeout_ms = num(&v)?,
+                "TIDINGS_HTTP_HEADER_READ_TIMEOUT_MS" => {
+                    self.http.header_read_timeout_ms = num(&v)?
+                }
+                "TIDINGS_HTTP_MAX_CONNECTIONS" => self.http.max_connections = num(&v)? as usize,
+                "TIDINGS_WS_MAX_CONNECTIONS_PER_USER" => {
+                    self.websocket.max_connections_per_user = num(&v)? as usize
+                }
+                "TIDINGS_WS_WRITE_TIMEOUT_SECONDS" => {
+                    self.websocket.write_timeout_seconds = num(&v)?
+                }
                 _ => unreachable!("every ENV_KEYS entry is matched"),
             }
         }
@@ -374,8 +506,30 @@ impl Config {
         {
             return bad("router.weight_*: must be positive".into());
         }
-        if self.websocket.send_queue == 0 {
-            return bad("websocket.send_queue: must be positive".into());
+        let ws = &self.websocket;
+        if ws.send_queue == 0
+            || ws.send_queue_bytes < 1024
+            || ws.max_connections_per_user == 0
+            || ws.write_timeout_seconds == 0
+            || ws.dedup_window == 0
+        {
+            return bad("websocket: send_queue, max_connections_per_user, write_timeout_seconds and dedup_window must be positive, send_queue_bytes at least 1024".into());
+        }
+        let t = &self.templates;
+        if t.fuel == 0 || t.timeout_ms == 0 || t.workers == 0 || t.memory_mb < 64 {
+            return bad(
+                "templates: fuel, timeout_ms and workers must be positive, memory_mb at least 64"
+                    .into(),
+            );
+        }
+        if self.http.header_read_timeout_ms == 0 || self.http.max_connections == 0 {
+            return bad("http: header_read_timeout_ms and max_connections must be positive".into());
+        }
+        if self.webhook.per_tenant_concurrency == 0 || self.webhook.concurrency == 0 {
+            return bad("webhook: concurrency and per_tenant_concurrency must be positive".into());
+        }
+        if self.auth.max_token_lifetime_seconds <= 0 || self.auth.rotation_overlap_seconds < 0 {
+            return bad("auth: max_token_lifetime_seconds must be positive, rotation_overlap_seconds not negative".into());
         }
         for (name, p) in [
             ("retry.webhook", &self.retry.webhook),

@@ -259,31 +259,48 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert_eq!(store.template(&t1, "k").await.unwrap().unwrap(), tpl);
     assert!(store.template(&t2, "k").await.unwrap().is_none());
 
-    // idempotency: first claim wins within the ttl, expires after, release undoes
+    // idempotency: first claim wins within the ttl, expires after, release undoes; a claim
+    // carries its fingerprint and is unconfirmed until confirmed
+    let existing = |id: &str, fp: &str, confirmed: bool| Claim::Existing {
+        message_id: id.into(),
+        fingerprint: fp.into(),
+        confirmed,
+    };
     assert_eq!(
         store
-            .claim_idempotency(&t1, "key", "m1", 1000, 500)
+            .claim_idempotency(&t1, "key", "m1", "f1", 1000, 500)
             .await
             .unwrap(),
         Claim::New
     );
     assert_eq!(
         store
-            .claim_idempotency(&t1, "key", "m2", 1400, 500)
+            .claim_idempotency(&t1, "key", "m2", "f2", 1400, 500)
             .await
             .unwrap(),
-        Claim::Existing("m1".into())
+        existing("m1", "f1", false)
+    );
+    // confirming another id changes nothing; confirming the bound one sticks
+    store.confirm_idempotency(&t1, "key", "m2").await.unwrap();
+    store.confirm_idempotency(&t1, "key", "m1").await.unwrap();
+    store.confirm_idempotency(&t1, "key", "m1").await.unwrap();
+    assert_eq!(
+        store
+            .claim_idempotency(&t1, "key", "m2", "f1", 1450, 500)
+            .await
+            .unwrap(),
+        existing("m1", "f1", true)
     );
     assert_eq!(
         store
-            .claim_idempotency(&t2, "key", "m3", 1400, 500)
+            .claim_idempotency(&t2, "key", "m3", "f1", 1400, 500)
             .await
             .unwrap(),
         Claim::New
     );
     assert_eq!(
         store
-            .claim_idempotency(&t1, "key", "m4", 1600, 500)
+            .claim_idempotency(&t1, "key", "m4", "f4", 1600, 500)
             .await
             .unwrap(),
         Claim::New
@@ -291,7 +308,7 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     store.release_idempotency(&t1, "key", "m4").await.unwrap();
     assert_eq!(
         store
-            .claim_idempotency(&t1, "key", "m5", 1700, 500)
+            .claim_idempotency(&t1, "key", "m5", "f5", 1700, 500)
             .await
             .unwrap(),
         Claim::New
@@ -523,6 +540,14 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         vec!["d0", "d1"]
     );
     assert_eq!(store.dlq_list(&t1, Some("d1"), 10).await.unwrap().len(), 1);
+    // the same id again replaces the entry (a redelivered failure is one entry)
+    let mut again = store.dlq_get(&t1, "d2").await.unwrap().unwrap();
+    again.attempts = 6;
+    store.dlq_put(&again).await.unwrap();
+    let all = store.dlq_list(&t1, None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].attempts, 6);
+    assert!(store.dlq_get(&t2, "d2").await.unwrap().is_none());
     assert!(store.dlq_list(&t2, None, 10).await.unwrap().is_empty());
     assert_eq!(
         store.dlq_take(&t1, "d1").await.unwrap().unwrap().delivery,

@@ -6,6 +6,7 @@
 //! - [`bus`], [`store`], [`presence`]: the three ports, each a documented trait
 //! - [`conformance`]: the test suites every backend of a port must pass
 //! - [`template`]: minijinja rendering; [`auth`]: API keys and user JWTs
+//! - [`egress`]: which addresses tidings may connect to for a tenant (SSRF guard)
 //! - [`hint`]: marks a task's writes urgent, so backends may let them overtake bulk writes
 //! - [`metrics_names`]: every metric name, declared once
 
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conformance;
+pub mod egress;
 pub mod error;
 pub mod hint;
 pub mod http;
@@ -34,9 +36,22 @@ pub struct Context {
     pub bus: Arc<dyn bus::Bus>,
     pub store: Arc<dyn store::Store>,
     pub presence: Arc<dyn presence::Presence>,
+    /// Bounded rendering of tenant templates.
+    pub templates: Arc<template::Renderer>,
 }
 
 impl Context {
+    /// Render a tenant template under the configured bounds (see [`template`]).
+    pub async fn render(
+        &self,
+        tpl: &model::Template,
+        data: &serde_json::Value,
+        locale: Option<&str>,
+        mode: template::Mode,
+    ) -> Result<template::Rendered> {
+        self.templates.render(tpl, data, locale, mode).await
+    }
+
     /// `<prefix>.requests.<priority>`
     pub fn requests_topic(&self, p: model::Priority) -> String {
         self.config.topic(&format!("requests.{}", p.as_str()))
@@ -120,6 +135,19 @@ impl Context {
         t.push(self.config.topic("ingest"));
         t
     }
+}
+
+/// A named point where a test build (feature `failpoints`) aborts the process when
+/// `TIDINGS_FAIL_POINT` names it, as a crash or `kill -9` would; nothing in other builds.
+#[inline]
+pub fn fail_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("TIDINGS_FAIL_POINT").is_ok_and(|v| v == name) {
+        eprintln!("fail point {name}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
 }
 
 /// Retry tiers: `short` holds deliveries due within [`SHORT_TIER_MS`], `long` the rest.

@@ -325,6 +325,17 @@ pub struct DlqEntry {
     pub delivery: Vec<u8>,
 }
 
+impl DlqEntry {
+    /// The id of the dead letter of `(message, user, channel)`: derived, not random, so a
+    /// failure recorded twice (a redelivered record) is one entry. Ids of one message sort
+    /// together, and message ids sort by acceptance time.
+    pub fn id_for(message_id: &str, user_id: &str, channel: Channel) -> String {
+        use sha2::Digest;
+        let user = hex::encode(&sha2::Sha256::digest(user_id.as_bytes())[..8]);
+        format!("{message_id}.{}.{user}", channel.as_str())
+    }
+}
+
 /// A user as its tenant described it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -38,8 +38,15 @@ pub struct AppendedRow {
 pub enum Claim {
     /// The key is now bound to the proposed message id.
     New,
-    /// The key was bound earlier, within its time to live, to this message id.
-    Existing(String),
+    /// The key was bound earlier, within its time to live.
+    Existing {
+        message_id: String,
+        /// The fingerprint of the request that claimed it (empty when unknown).
+        fingerprint: String,
+        /// Whether that request was confirmed durably on the bus; when not, the claimer may
+        /// have crashed before appending it, and a retry appends it again under this id.
+        confirmed: bool,
+    },
 }
 
 /// A page of ids (users, subscribers), and where the next page starts.
@@ -90,15 +97,20 @@ pub trait Store: Send + Sync + 'static {
     async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>>;
 
     // idempotency
-    /// Bind `key` to `message_id` unless it is bound, younger than `ttl_ms`, to another.
+    /// Bind `key` to `message_id` and the request's `fingerprint`, unconfirmed, unless it is
+    /// bound, younger than `ttl_ms`, to another.
     async fn claim_idempotency(
         &self,
         tenant: &str,
         key: &str,
         message_id: &str,
+        fingerprint: &str,
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Claim>;
+    /// Record that the request bound to `key` is on the bus (no-op if the key is bound to
+    /// another id).
+    async fn confirm_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
     /// Undo a claim whose request could not be accepted.
     async fn release_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
 
@@ -170,6 +182,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>>;
 
     // dead letters
+    /// Write an entry; an entry with the same id is replaced (ids are derived from the
+    /// delivery, [`DlqEntry::id_for`], so a redelivered failure is one entry).
     async fn dlq_put(&self, entry: &DlqEntry) -> Result<()>;
     /// Entries of a tenant, oldest first, after id `after`.
     async fn dlq_list(
@@ -178,7 +192,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DlqEntry>>;
-    /// Remove and return an entry (for replay).
+    /// One entry.
+    async fn dlq_get(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>>;
+    /// Remove and return an entry (after its replay is on the bus).
     async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>>;
 
     /// Whether the backend answers (for `/readyz`).

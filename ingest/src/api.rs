@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tidings_core::auth::{hash_api_key, random_token, secrets_equal};
-use tidings_core::http::{bearer, body_json, tenant_of, ApiError, ApiResult};
+use tidings_core::http::{bearer, body_json, tenant_of, ApiResult};
 use tidings_core::model::*;
 use tidings_core::{bus::OutRecord, template, Context, Error, ErrorKind};
 
@@ -50,14 +50,9 @@ struct NewTenant {
     webhook_url: Option<String>,
 }
 
-fn check_url(url: &str) -> Result<(), Error> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-        return Err(Error::invalid(
-            "invalid_url",
-            "webhook_url: must be an http(s) URL",
-        ));
-    }
-    Ok(())
+/// A webhook URL through the egress guard (`invalid_url`, `url_not_allowed`).
+fn check_url(ctx: &Context, url: &str) -> Result<(), Error> {
+    tidings_core::egress::check_url(url, ctx.config.egress.allow_private).map(|_| ())
 }
 
 async fn create_tenant(
@@ -92,7 +87,7 @@ async fn create_tenant(
         other => body_json(other, limit(&ctx))?,
     };
     if let Some(u) = &req.webhook_url {
-        check_url(u)?;
+        check_url(&ctx, u)?;
     }
     let api_key = random_token("tk_");
     let tenant = Tenant {
@@ -130,7 +125,7 @@ async fn set_webhook(
     let mut tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let req: WebhookBody = body_json(body, limit(&ctx))?;
     if let Some(u) = &req.url {
-        check_url(u)?;
+        check_url(&ctx, u)?;
     }
     tenant.webhook_url = req.url;
     ctx.store.update_tenant(&tenant).await?;
@@ -254,6 +249,9 @@ async fn put_template(
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let tpl: Template = body_json(body, limit(&ctx))?;
     template::check(&tpl)?;
+    // a template over a bound whatever the data is refused now, not at its first send
+    ctx.render(&tpl, &json!({}), None, template::Mode::Trial)
+        .await?;
     ctx.store.put_template(&tenant.id, &key, &tpl).await?;
     Ok(Json(json!({"key": key, "template": tpl})))
 }
@@ -297,7 +295,9 @@ async fn preview(
         )
     })?;
     let data = req.data.unwrap_or(json!({}));
-    let r = template::render(&tpl, &data, req.locale.as_deref())?;
+    let r = ctx
+        .render(&tpl, &data, req.locale.as_deref(), template::Mode::Strict)
+        .await?;
     Ok(Json(
         json!({"inapp": {"title": r.title, "body": r.body}, "webhook": r.webhook}),
     ))
@@ -340,35 +340,31 @@ async fn dlq_replay(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let entry =
-        ctx.store.dlq_take(&tenant.id, &id).await?.ok_or_else(|| {
+        ctx.store.dlq_get(&tenant.id, &id).await?.ok_or_else(|| {
             Error::not_found("dlq_entry_not_found", format!("no dead letter `{id}`"))
         })?;
     let codec = tidings_schemas::codec();
-    let replay = async {
-        let mut d = codec.decode_delivery(&entry.delivery)?;
-        d.attempt = 0;
-        d.due_at_ms = 0;
-        d.last_error = None;
-        let rec = OutRecord::new(
-            ctx.deliveries_topic(d.channel, d.priority),
-            tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
-            codec.encode_delivery(&d),
-        );
-        ctx.bus.append(vec![rec]).await?;
-        ctx.set_status(
-            &d,
-            DeliveryState::Retrying,
-            entry.attempts,
-            Some(entry.error.clone()),
-        )
-        .await
-    }
-    .await;
-    if let Err(e) = replay {
-        // put it back: a failed replay must not lose the dead letter
-        ctx.store.dlq_put(&entry).await?;
-        return Err(ApiError(e));
-    }
+    let mut d = codec.decode_delivery(&entry.delivery)?;
+    d.attempt = 0;
+    d.due_at_ms = 0;
+    d.last_error = None;
+    let rec = OutRecord::new(
+        ctx.deliveries_topic(d.channel, d.priority),
+        tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
+        codec.encode_delivery(&d),
+    );
+    // on the bus first, then out of the queue: a crash in between leaves the entry to be
+    // replayed again (at least once), never a lost one
+    ctx.bus.append(vec![rec]).await?;
+    tidings_core::fail_point("dlq.after_append");
+    ctx.set_status(
+        &d,
+        DeliveryState::Retrying,
+        entry.attempts,
+        Some(entry.error.clone()),
+    )
+    .await?;
+    ctx.store.dlq_take(&tenant.id, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"replayed": id, "message_id": entry.message_id})),

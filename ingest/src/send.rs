@@ -6,7 +6,7 @@ use std::time::Instant;
 use tidings_core::metrics_names::{INGEST_ACCEPT_SECONDS, INGEST_REQUESTS_TOTAL};
 use tidings_core::model::*;
 use tidings_core::store::Claim;
-use tidings_core::{bus::OutRecord, template, Context, Error, Result};
+use tidings_core::{bus::OutRecord, template, Context, Error, ErrorKind, Result};
 
 /// The JSON body of `POST /v1/messages`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -120,7 +120,8 @@ pub async fn validate(
                     format!("template `{key}` does not exist"),
                 )
             })?;
-            template::render(&tpl, &data, body.locale.as_deref())?;
+            ctx.render(&tpl, &data, body.locale.as_deref(), template::Mode::Strict)
+                .await?;
         }
         None => {
             if body.title.as_deref().unwrap_or("").is_empty()
@@ -187,38 +188,72 @@ pub async fn accept(ctx: &Context, req: NotificationRequest) -> Result<Accepted>
     tidings_core::hint::urgent_if(urgent, accept_inner(ctx, req)).await
 }
 
+/// What makes two sends with one idempotency key the same request: every field the producer
+/// chose, hashed.
+pub fn fingerprint(req: &NotificationRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut r = req.clone();
+    r.message_id.clear();
+    r.accepted_at_ms = 0;
+    let canonical = tidings_schemas::codec().encode_request(&r);
+    hex::encode(Sha256::digest(&canonical))
+}
+
 async fn accept_inner(ctx: &Context, mut req: NotificationRequest) -> Result<Accepted> {
     let started = Instant::now();
     let priority = req.priority.as_str();
     req.message_id = new_message_id();
     req.accepted_at_ms = now_ms();
+    let mut duplicate = false;
     if let Some(key) = &req.idempotency_key {
         let ttl = ctx.config.store.idempotency_ttl_seconds as i64 * 1000;
-        if let Claim::Existing(id) = ctx
+        let fp = fingerprint(&req);
+        let claim = ctx
             .store
             .claim_idempotency(
                 &req.tenant_id,
                 key,
                 &req.message_id,
+                &fp,
                 req.accepted_at_ms,
                 ttl,
             )
-            .await?
+            .await?;
+        if let Claim::Existing {
+            message_id,
+            fingerprint,
+            confirmed,
+        } = claim
         {
+            if !fingerprint.is_empty() && fingerprint != fp {
+                metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "conflict").increment(1);
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    "idempotency_conflict",
+                    format!("idempotency_key `{key}` was used for a different request (message {message_id})"),
+                ));
+            }
             metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "duplicate").increment(1);
-            return Ok(Accepted {
-                message_id: id,
-                duplicate: true,
-            });
+            if confirmed {
+                return Ok(Accepted {
+                    message_id,
+                    duplicate: true,
+                });
+            }
+            // the first attempt may have stopped between its claim and its append: append
+            // again under the claimed id (the pipeline is idempotent by message id)
+            req.message_id = message_id;
+            duplicate = true;
         }
     }
+    tidings_core::fail_point("ingest.after_claim");
     let record = OutRecord::new(
         ctx.requests_topic(req.priority),
         req.tenant_id.as_bytes().to_vec(),
         tidings_schemas::codec().encode_request(&req),
     );
     if let Err(e) = ctx.bus.append(vec![record]).await {
-        if let Some(key) = &req.idempotency_key {
+        if let Some(key) = req.idempotency_key.as_ref().filter(|_| !duplicate) {
             // the send was not accepted: let a retry of it claim the key again
             let _ = ctx
                 .store
@@ -229,12 +264,25 @@ async fn accept_inner(ctx: &Context, mut req: NotificationRequest) -> Result<Acc
             .increment(1);
         return Err(e);
     }
-    metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "accepted")
-        .increment(1);
+    if let Some(key) = &req.idempotency_key {
+        // the request is on the bus whatever happens now; an unconfirmed key only costs a
+        // retry of this send a second (harmless) append
+        if let Err(e) = ctx
+            .store
+            .confirm_idempotency(&req.tenant_id, key, &req.message_id)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot confirm an idempotency key");
+        }
+    }
+    if !duplicate {
+        metrics::counter!(INGEST_REQUESTS_TOTAL, "priority" => priority, "outcome" => "accepted")
+            .increment(1);
+    }
     metrics::histogram!(INGEST_ACCEPT_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(Accepted {
         message_id: req.message_id,
-        duplicate: false,
+        duplicate,
     })
 }
 

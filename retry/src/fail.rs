@@ -63,7 +63,7 @@ pub async fn attempt_failed(
         None => {
             let encoded = codec.encode_delivery(&d);
             let entry = DlqEntry {
-                id: uuid::Uuid::now_v7().to_string(),
+                id: DlqEntry::id_for(&d.message_id, &d.user_id, d.channel),
                 tenant_id: d.tenant_id.clone(),
                 message_id: d.message_id.clone(),
                 user_id: d.user_id.clone(),

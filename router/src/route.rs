@@ -42,7 +42,14 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
                 .ok_or_else(|| {
                     Error::invalid("template_not_found", format!("template `{key}` is gone"))
                 })?;
-            let r = template::render(&tpl, &req.data, req.locale.as_deref())?;
+            let r = ctx
+                .render(
+                    &tpl,
+                    &req.data,
+                    req.locale.as_deref(),
+                    template::Mode::Strict,
+                )
+                .await?;
             (r.title, r.body, r.webhook.map(|w| w.to_string()))
         }
         None => (

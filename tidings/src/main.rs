@@ -44,10 +44,32 @@ enum Command {
     Migrate,
     /// Print each Avro schema with its id and subject.
     Schemas,
+    /// Render templates from stdin under a memory limit (started by the server itself).
+    #[command(hide = true)]
+    RenderWorker {
+        #[arg(long)]
+        fuel: u64,
+        #[arg(long)]
+        max_output: usize,
+        #[arg(long)]
+        memory_mb: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::RenderWorker {
+        fuel,
+        max_output,
+        memory_mb,
+    } = cli.command
+    {
+        // a template that grows past this fails an allocation and ends only this process
+        let bytes = memory_mb * 1024 * 1024;
+        rlimit::setrlimit(rlimit::Resource::AS, bytes, bytes)?;
+        tidings_core::template::worker_main(tidings_core::template::Bounds { fuel, max_output })?;
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json_logs = std::env::var("TIDINGS_LOG_FORMAT").is_ok_and(|v| v == "json");
@@ -94,7 +116,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             },
             Command::Migrate => return serve::migrate(config).await,
-            Command::Schemas => unreachable!("handled above"),
+            Command::Schemas | Command::RenderWorker { .. } => unreachable!("handled above"),
         };
         serve::run(config, stages).await
     })

@@ -16,7 +16,7 @@ use tidings_core::metrics_names::{
     BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS,
 };
 use tidings_core::model::{Channel, Priority};
-use tidings_core::{Context, RETRY_TIERS};
+use tidings_core::{template, Context, RETRY_TIERS};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,9 +40,27 @@ impl Stages {
     }
 }
 
+/// The template renderer the config asks for: worker processes of this binary, or (with
+/// `templates.sandbox = false`) this process's blocking threads.
+fn renderer(config: &Config) -> anyhow::Result<template::Renderer> {
+    let t = &config.templates;
+    let bounds = template::Bounds {
+        fuel: t.fuel,
+        max_output: config.limits.max_body_bytes,
+    };
+    let timeout = Duration::from_millis(t.timeout_ms);
+    Ok(if t.sandbox {
+        let exe = std::env::current_exe().context("locating this binary for render workers")?;
+        template::Renderer::sandboxed(exe, bounds, timeout, t.workers, t.memory_mb)
+    } else {
+        template::Renderer::in_process(bounds, timeout, t.workers)
+    })
+}
+
 fn open(config: Config) -> anyhow::Result<Context> {
     let err = |e: tidings_core::Error| anyhow::anyhow!("{e}");
     Ok(Context {
+        templates: Arc::new(renderer(&config)?),
         bus: tidings_bus::open(&config).map_err(err)?,
         store: tidings_store::open(&config).map_err(err)?,
         presence: tidings_presence::open(&config).map_err(err)?,

@@ -401,61 +401,6 @@ async fn templates_render_per_channel_and_bad_ones_are_refused_at_send() {
     );
 }
 
-/// A webhook receiver that answers from a script of statuses and records what it got.
-struct Receiver {
-    url: String,
-    hits: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
-    script: Arc<std::sync::Mutex<Vec<u16>>>,
-}
-
-async fn receiver(script: Vec<u16>) -> Receiver {
-    use axum::routing::post;
-    let hits: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
-    let script = Arc::new(std::sync::Mutex::new(script));
-    let (h, sc) = (hits.clone(), script.clone());
-    let app = axum::Router::new().route(
-        "/hook",
-        post(move |headers: axum::http::HeaderMap, body: String| {
-            let (h, sc) = (h.clone(), sc.clone());
-            async move {
-                h.lock().unwrap().push((headers, body));
-                let mut s = sc.lock().unwrap();
-                let code = if s.len() > 1 { s.remove(0) } else { s[0] };
-                axum::http::StatusCode::from_u16(code).unwrap()
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    Receiver { url, hits, script }
-}
-
-async fn wait_status(s: &Server, t: &Tenant, id: &str, want: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (st, m) = s.api(t, "GET", &format!("/v1/messages/{id}"), None).await;
-        if st == 200 {
-            let r = m["recipients"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["channel"] == "webhook")
-                .cloned();
-            if let Some(r) = r {
-                if r["status"] == want {
-                    return r;
-                }
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never became {want}: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_retried_dead_lettered_and_replayed() {
     use hmac::{Hmac, Mac};

@@ -39,6 +39,33 @@ const STATUS: TableDefinition<
 > = TableDefinition::new("delivery_status");
 const DLQ: T2 = TableDefinition::new("dlq");
 
+/// An idempotency key's binding.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IdemRecord {
+    message_id: String,
+    at_ms: i64,
+    #[serde(default)]
+    fingerprint: String,
+    #[serde(default)]
+    confirmed: bool,
+}
+
+impl IdemRecord {
+    /// Read a binding, including the `[message_id, at_ms]` form of earlier versions (those
+    /// were written only after a successful append: confirmed, fingerprint unknown).
+    fn read(raw: &[u8]) -> Result<IdemRecord> {
+        if let Ok((message_id, at_ms)) = serde_json::from_slice::<(String, i64)>(raw) {
+            return Ok(IdemRecord {
+                message_id,
+                at_ms,
+                fingerprint: String::new(),
+                confirmed: true,
+            });
+        }
+        from_json(raw)
+    }
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode: {e}")))
 }
@@ -456,29 +483,57 @@ impl Store for EmbeddedStore {
         tenant: &str,
         key: &str,
         message_id: &str,
+        fingerprint: &str,
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Claim> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        let rec = IdemRecord {
+            message_id: message_id.to_string(),
+            at_ms: now_ms,
+            fingerprint: fingerprint.to_string(),
+            confirmed: false,
+        };
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
+                let existing = t
+                    .get((tenant.as_str(), key.as_str()))
+                    .map_err(storage_err)?
+                    .map(|v| IdemRecord::read(v.value()))
+                    .transpose()?;
+                if let Some(prev) = existing {
+                    if now_ms - prev.at_ms < ttl_ms {
+                        return Ok(Claim::Existing {
+                            message_id: prev.message_id,
+                            fingerprint: prev.fingerprint,
+                            confirmed: prev.confirmed,
+                        });
+                    }
+                }
+                t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
+                    .map_err(storage_err)?;
+                Ok(Claim::New)
+            })
+            .await
+    }
+
+    async fn confirm_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()> {
         let (tenant, key, id) = (tenant.to_string(), key.to_string(), message_id.to_string());
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
-                let existing: Option<(String, i64)> = t
+                let existing = t
                     .get((tenant.as_str(), key.as_str()))
                     .map_err(storage_err)?
-                    .map(|v| from_json(v.value()))
+                    .map(|v| IdemRecord::read(v.value()))
                     .transpose()?;
-                if let Some((prev, at)) = existing {
-                    if now_ms - at < ttl_ms {
-                        return Ok(Claim::Existing(prev));
-                    }
+                if let Some(mut rec) = existing.filter(|r| r.message_id == id && !r.confirmed) {
+                    rec.confirmed = true;
+                    t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
+                        .map_err(storage_err)?;
                 }
-                t.insert(
-                    (tenant.as_str(), key.as_str()),
-                    to_json(&(id, now_ms))?.as_slice(),
-                )
-                .map_err(storage_err)?;
-                Ok(Claim::New)
+                Ok(())
             })
             .await
     }
@@ -488,12 +543,12 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
-                let existing: Option<(String, i64)> = t
+                let existing = t
                     .get((tenant.as_str(), key.as_str()))
                     .map_err(storage_err)?
-                    .map(|v| from_json(v.value()))
+                    .map(|v| IdemRecord::read(v.value()))
                     .transpose()?;
-                if existing.is_some_and(|(prev, _)| prev == id) {
+                if existing.is_some_and(|r| r.message_id == id) {
                     t.remove((tenant.as_str(), key.as_str()))
                         .map_err(storage_err)?;
                 }
@@ -773,6 +828,10 @@ impl Store for EmbeddedStore {
             out.push(from_json(v.value())?);
         }
         Ok(out)
+    }
+
+    async fn dlq_get(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>> {
+        self.get2(DLQ, tenant, id)
     }
 
     async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>> {

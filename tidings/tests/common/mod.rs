@@ -5,13 +5,15 @@
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 pub struct Server {
     pub addr: String,
     pub dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
+    /// Environment of the server process; changes take effect at the next restart.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub http: reqwest::Client,
 }
@@ -52,6 +54,7 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("TIDINGS_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .env("TIDINGS_EGRESS_ALLOW_PRIVATE", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
@@ -68,6 +71,38 @@ impl Server {
             assert!(Instant::now() < deadline, "tidings did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Set (or replace) an environment variable for the next restart.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// Wait for the process to exit by itself (a fail point), up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().unwrap().is_some() {
+                    self.child = None;
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Start again after the process exited by itself.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn().await;
     }
 
     /// SIGKILL, no goodbye.
@@ -302,3 +337,58 @@ impl Ws {
 }
 
 pub const SEC: Duration = Duration::from_secs(1);
+
+/// A webhook receiver that answers from a script of statuses and records what it got.
+pub struct Receiver {
+    pub url: String,
+    pub hits: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+    pub script: Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+pub async fn receiver(script: Vec<u16>) -> Receiver {
+    use axum::routing::post;
+    let hits: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
+    let script = Arc::new(std::sync::Mutex::new(script));
+    let (h, sc) = (hits.clone(), script.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let (h, sc) = (h.clone(), sc.clone());
+            async move {
+                h.lock().unwrap().push((headers, body));
+                let mut s = sc.lock().unwrap();
+                let code = if s.len() > 1 { s.remove(0) } else { s[0] };
+                axum::http::StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    Receiver { url, hits, script }
+}
+
+pub async fn wait_status(s: &Server, t: &Tenant, id: &str, want: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, m) = s.api(t, "GET", &format!("/v1/messages/{id}"), None).await;
+        if st == 200 {
+            let r = m["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["channel"] == "webhook")
+                .cloned();
+            if let Some(r) = r {
+                if r["status"] == want {
+                    return r;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never became {want}: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! 2xx is success; 408, 429, 5xx, timeouts and connection errors are retried by the retry
-//! stage; any other 4xx is permanent and goes to the dead-letter queue.
+//! stage; any other 4xx, and any 3xx (redirects are never followed), is permanent and goes to
+//! the dead-letter queue. Requests go through the egress guard ([`super::http_client`]).
 
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
@@ -92,14 +93,14 @@ pub async fn post(
             None => Ok(()),
             Some(f) => Err(f),
         },
-        Err(e) if e.is_timeout() => Err(Failure {
-            error: "timeout".into(),
-            retriable: true,
-        }),
-        Err(e) => Err(Failure {
-            error: format!("request failed: {e}"),
-            retriable: true,
-        }),
+        Err(e) => {
+            let error = super::describe(&e);
+            Err(Failure {
+                error: error.into(),
+                // an address the guard refuses stays refused
+                retriable: error != "destination address not allowed",
+            })
+        }
     }
 }
 
@@ -111,10 +112,10 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
 /// Post the deliveries of one topic (urgent, or the rest).
 async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Result<()> {
     let mut consumer = ctx.bus.consumer(crate::GROUP, &topic).await?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(ctx.config.webhook.timeout_ms))
-        .build()
-        .map_err(|e| tidings_core::Error::internal(format!("http client: {e}")))?;
+    let client = super::http_client(
+        ctx.config.egress.allow_private,
+        Duration::from_millis(ctx.config.webhook.timeout_ms),
+    )?;
     let concurrency = ctx.config.webhook.concurrency.max(1);
     let codec = tidings_schemas::codec();
     loop {
@@ -169,7 +170,17 @@ async fn attempt(
             .as_deref()
             .map(|u| (u, t.webhook_secret.as_str()))
     }) {
-        Some((url, secret)) => post(client, url, secret, &d).await,
+        // checked again: an address literal never reaches the resolver, and the URL may
+        // have been stored before the guard existed
+        Some((url, secret)) => {
+            match tidings_core::egress::check_url(url, ctx.config.egress.allow_private) {
+                Ok(_) => post(client, url, secret, &d).await,
+                Err(e) => Err(Failure {
+                    error: e.message,
+                    retriable: false,
+                }),
+            }
+        }
         None => Err(Failure {
             error: "the tenant has no webhook endpoint".into(),
             retriable: false,
