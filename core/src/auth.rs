@@ -1,5 +1,7 @@
 //! Credentials: tenant API keys (stored hashed) and user JWTs (HS256, claims `sub`, `tid`,
-//! `exp`, signed with the tenant's secret).
+//! `exp`, optionally `nbf` and `iat`, signed with the tenant's secret). A token not yet valid
+//! (`nbf`) is refused, and so is one whose lifetime (`exp` from `iat`, or from now) is longer
+//! than `auth.max_token_lifetime_seconds`.
 
 use crate::error::{Error, Result};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
@@ -31,6 +33,10 @@ pub struct Claims {
     pub sub: String,
     pub tid: String,
     pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
 }
 
 /// Read the tenant id of a token without trusting it yet.
@@ -48,10 +54,15 @@ pub fn unverified_tenant(token: &str) -> Result<String> {
     Ok(data.claims.tid)
 }
 
-/// Verify a token against the tenant's secret.
-pub fn verify_user_token(token: &str, secret: &str) -> Result<Claims> {
+/// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY: u64 = 5;
+
+/// Verify a token against the tenant's secret; its lifetime may be at most `max_lifetime`
+/// seconds.
+pub fn verify_user_token(token: &str, secret: &str, max_lifetime: i64) -> Result<Claims> {
     let mut v = Validation::new(Algorithm::HS256);
-    v.leeway = 5;
+    v.leeway = LEEWAY;
+    v.validate_nbf = true;
     v.set_required_spec_claims(&["exp", "sub"]);
     let data =
         decode::<Claims>(token, &DecodingKey::from_secret(secret.as_bytes()), &v).map_err(|e| {
@@ -62,11 +73,25 @@ pub fn verify_user_token(token: &str, secret: &str) -> Result<Claims> {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                     bad_token("the token's signature does not match its tenant")
                 }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    Error::unauthorized("auth_token_not_yet_valid", "the token's `nbf` is ahead")
+                }
                 _ => bad_token(format!("invalid token: {e}")),
             }
         })?;
     if data.claims.sub.is_empty() {
         return Err(bad_token("the token has an empty `sub`"));
+    }
+    let now = crate::model::now_ms() / 1000;
+    if data.claims.iat.is_some_and(|iat| iat > now + LEEWAY as i64) {
+        return Err(bad_token("the token's `iat` is in the future"));
+    }
+    let start = data.claims.iat.unwrap_or(now).min(now);
+    if data.claims.exp.saturating_sub(start) > max_lifetime {
+        return Err(Error::unauthorized(
+            "auth_token_lifetime",
+            format!("the token lives longer than {max_lifetime} s; issue shorter-lived tokens"),
+        ));
     }
     Ok(data.claims)
 }
@@ -81,11 +106,19 @@ mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     fn token(secret: &str, exp: i64) -> String {
-        let c = Claims {
-            sub: "u1".into(),
-            tid: "t1".into(),
-            exp,
-        };
+        claims_token(
+            secret,
+            Claims {
+                sub: "u1".into(),
+                tid: "t1".into(),
+                exp,
+                nbf: None,
+                iat: None,
+            },
+        )
+    }
+
+    fn claims_token(secret: &str, c: Claims) -> String {
         encode(
             &Header::default(),
             &c,
@@ -99,18 +132,50 @@ mod tests {
         let now = crate::model::now_ms() / 1000;
         let t = token("s1", now + 60);
         assert_eq!(unverified_tenant(&t).unwrap(), "t1");
-        assert_eq!(verify_user_token(&t, "s1").unwrap().sub, "u1");
+        assert_eq!(verify_user_token(&t, "s1", 3600).unwrap().sub, "u1");
         assert_eq!(
-            verify_user_token(&t, "s2").unwrap_err().code,
+            verify_user_token(&t, "s2", 3600).unwrap_err().code,
             "auth_invalid_token"
         );
         let old = token("s1", now - 600);
         assert_eq!(
-            verify_user_token(&old, "s1").unwrap_err().code,
+            verify_user_token(&old, "s1", 3600).unwrap_err().code,
             "auth_token_expired"
         );
         assert_eq!(
             unverified_tenant("garbage").unwrap_err().code,
+            "auth_invalid_token"
+        );
+    }
+
+    #[test]
+    fn nbf_iat_and_lifetime_are_honoured() {
+        let now = crate::model::now_ms() / 1000;
+        let c = |exp: i64, nbf: Option<i64>, iat: Option<i64>| Claims {
+            sub: "u1".into(),
+            tid: "t1".into(),
+            exp,
+            nbf,
+            iat,
+        };
+        let code = |c: Claims| {
+            verify_user_token(&claims_token("s", c), "s", 3600)
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.code)
+        };
+        assert_eq!(code(c(now + 60, Some(now - 10), Some(now - 10))), "ok");
+        assert_eq!(
+            code(c(now + 600, Some(now + 300), None)),
+            "auth_token_not_yet_valid"
+        );
+        assert_eq!(code(c(i64::MAX, None, None)), "auth_token_lifetime");
+        assert_eq!(code(c(now + 7200, None, None)), "auth_token_lifetime");
+        assert_eq!(
+            code(c(now + 60, None, Some(now - 7200))),
+            "auth_token_lifetime"
+        );
+        assert_eq!(
+            code(c(now + 60, None, Some(now + 600))),
             "auth_invalid_token"
         );
     }

@@ -283,10 +283,9 @@ pub struct EgressConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// A client must send its request headers within this long, milliseconds.
+    /// A client must send a request's headers within this long of connecting or of the
+    /// previous response, milliseconds: slow senders and idle keep-alive connections close.
     pub header_read_timeout_ms: u64,
-    /// A keep-alive connection with no request for this long is closed, seconds.
-    pub idle_timeout_seconds: u64,
     /// Most open HTTP connections (WebSockets included); kept below the open-file limit.
     pub max_connections: usize,
 }
@@ -295,7 +294,6 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             header_read_timeout_ms: 10_000,
-            idle_timeout_seconds: 60,
             max_connections: 250_000,
         }
     }

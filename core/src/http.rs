@@ -78,6 +78,19 @@ pub fn body_json<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A query string, or `invalid_query` (422, the JSON error body) when it does not parse.
+pub fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Error> {
+    q.map(|axum::extract::Query(v)| v)
+        .map_err(|rej| Error::invalid("invalid_query", rej.body_text()))
+}
+
+/// The HTTP connection a request came on holds one of the server's connection slots; a
+/// WebSocket keeps the slot of its connection for as long as it lives.
+#[derive(Clone, Debug)]
+pub struct ConnSlot(pub std::sync::Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers

@@ -33,3 +33,5 @@ pub const DLQ_TOTAL: &str = "tidings_dlq_total";
 pub const BUS_QUEUE_DEPTH: &str = "tidings_bus_queue_depth";
 /// Delivery events seen on `events`; label `kind`.
 pub const EVENTS_TOTAL: &str = "tidings_events_total";
+/// Counter: HTTP connections closed at accept because the connection cap was reached.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "tidings_http_connections_refused_total";

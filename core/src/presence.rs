@@ -8,8 +8,18 @@
 
 use crate::error::Result;
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// WebSocket close code: the connection fell behind (queue full in frames or bytes, or a
+/// write that did not complete in time); reconnect and `resume`.
+pub const CLOSE_SLOW: u16 = 1008;
+/// WebSocket close code: the token expired; reconnect with a fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// WebSocket close code: the user opened more connections than allowed; this, the oldest,
+/// was closed for the newest.
+pub const CLOSE_REPLACED: u16 = 4002;
 
 /// What is pushed to a connection: one message, already encoded as a JSON text frame.
 #[derive(Debug, Clone)]
@@ -25,8 +35,80 @@ pub struct Push {
 #[derive(Debug, Clone)]
 pub struct ConnSink {
     pub tx: tokio::sync::mpsc::Sender<Arc<Push>>,
-    /// Cancelled when the connection must close (queue full, shutdown).
+    /// Cancelled when the connection must close (queue full, replaced); `shared.reason`
+    /// says why.
     pub close: CancellationToken,
+    pub shared: Arc<ConnShared>,
+}
+
+/// What a connection and its publishers share.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Bytes of frames queued and not yet written (the connection subtracts what it takes).
+    pub queued_bytes: AtomicUsize,
+    /// The close code the connection was told to close with (0: not told).
+    pub reason: AtomicU16,
+}
+
+impl ConnSink {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Arc<Push>>) -> ConnSink {
+        ConnSink {
+            tx,
+            close: CancellationToken::new(),
+            shared: Arc::default(),
+        }
+    }
+
+    /// Tell the connection to close with `code` (the first reason given wins).
+    pub fn close_with(&self, code: u16) {
+        let _ = self
+            .shared
+            .reason
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+        self.close.cancel();
+    }
+
+    /// Queue `push` unless that puts the connection over `max_bytes` queued or its queue is
+    /// full; then tell it to close ([`CLOSE_SLOW`]) and answer false. Never blocks.
+    pub fn offer(&self, push: Arc<Push>, max_bytes: usize) -> Offer {
+        let len = push.frame.len();
+        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if queued + len > max_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.close_with(CLOSE_SLOW);
+            return Offer::Slow;
+        }
+        match self.tx.try_send(push) {
+            Ok(()) => Offer::Queued,
+            Err(e) => {
+                self.shared.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                        self.close_with(CLOSE_SLOW);
+                        Offer::Slow
+                    }
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => Offer::Gone,
+                }
+            }
+        }
+    }
+
+    /// The connection took `push` off its queue.
+    pub fn taken(shared: &ConnShared, push: &Push) {
+        shared
+            .queued_bytes
+            .fetch_sub(push.frame.len(), Ordering::Relaxed);
+    }
+}
+
+/// What became of an offered push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The connection is behind and was told to close.
+    Slow,
+    /// The connection is gone.
+    Gone,
 }
 
 /// Identity of one registered connection.
@@ -34,7 +116,8 @@ pub type ConnId = u64;
 
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Register a live connection of `(tenant, user)`.
+    /// Register a live connection of `(tenant, user)`. Past the per-user limit the user's
+    /// oldest open connection is told to close ([`CLOSE_REPLACED`]).
     fn attach(&self, tenant: &str, user: &str, sink: ConnSink) -> ConnId;
 
     /// Forget a connection.

@@ -3,14 +3,14 @@
 use crate::frames::inbox_item_json;
 use crate::user_auth::from_headers;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tidings_core::http::{body_json, ApiResult};
+use tidings_core::http::{body_json, query, ApiResult};
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
 use tidings_core::{Context, Error};
 
@@ -32,9 +32,10 @@ struct ListQuery {
 async fn list(
     State(ctx): State<Context>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let user = from_headers(&ctx, &headers).await?;
+    let q = query(q)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let before = match q.cursor.as_deref() {
         None | Some("") => None,

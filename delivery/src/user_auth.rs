@@ -8,6 +8,8 @@ use tidings_core::{Context, Error, Result};
 pub struct User {
     pub tenant: String,
     pub user: String,
+    /// When the token expires, seconds since the epoch: a connection closes then.
+    pub expires_at: i64,
 }
 
 /// Check `token` against the secret of the tenant it names.
@@ -16,13 +18,18 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
     let tenant = ctx.store.tenant(&tid).await?.ok_or_else(|| {
         Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
     })?;
-    let claims = verify_user_token(token, &tenant.jwt_secret)?;
+    let claims = verify_user_token(
+        token,
+        &tenant.jwt_secret,
+        ctx.config.auth.max_token_lifetime_seconds,
+    )?;
     if claims.tid != tenant.id {
         return Err(Error::unauthorized("auth_invalid_token", "tenant mismatch"));
     }
     Ok(User {
         tenant: tenant.id,
         user: claims.sub,
+        expires_at: claims.exp,
     })
 }
 

@@ -5,9 +5,12 @@
 //! `error` frame. The server also sends `hello` once the connection is registered, `message`
 //! frames, and WebSocket pings; a connection silent past the idle timeout is closed.
 //!
-//! Each connection remembers the ids it has sent, so a message that arrives live and again in
-//! a replay is shown once. Its send queue is bounded: a connection that falls behind is closed
-//! and catches up with `resume`.
+//! Each connection remembers the last `websocket.dedup_window` ids it has sent (as 64-bit
+//! hashes, 8 bytes each), so a message that arrives live and again in a replay is shown once.
+//! Its send queue is bounded in frames and bytes, and every write to the client has a
+//! deadline: a connection that falls behind or stops reading is closed (1008) and catches up
+//! with `resume`. A connection closes when its token expires (4001: reconnect with a fresh
+//! token), and the oldest of a user's connections closes past the per-user limit (4002).
 //!
 //! Client frames are handled in order by a task of their own, so pushes keep flowing while an
 //! ack is being persisted; acks waiting in its queue are persisted together (one inbox write,
@@ -16,29 +19,30 @@
 use crate::frames;
 use crate::inbox::mark_read;
 use crate::user_auth::{verify, User};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tidings_core::http::{bearer, ApiError};
+use tidings_core::http::{bearer, query, ApiError, ConnSlot};
 use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECTIONS};
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
-use tidings_core::presence::ConnSink;
+use tidings_core::presence::{ConnSink, CLOSE_REPLACED, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED};
 use tidings_core::{Context, Error, ErrorKind};
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Ids remembered per connection for dedup before the set is reset.
-const SENT_MEMORY: usize = 100_000;
 /// Most acks persisted together.
 const ACK_BATCH: usize = 256;
 /// Bytes read from a socket at a time. tungstenite's default (128 KiB) is zero-filled on the
@@ -70,9 +74,14 @@ struct TokenQuery {
 async fn upgrade(
     State(st): State<WsState>,
     headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
+    q: Result<Query<TokenQuery>, QueryRejection>,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(e) => return ApiError(e).into_response(),
+    };
     let token = bearer(&headers).map(str::to_string).or(q.token);
     let Some(token) = token else {
         return ApiError(Error::unauthorized(
@@ -95,7 +104,11 @@ async fn upgrade(
     }
     ws.max_message_size(64 * 1024)
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| connection(st, user, socket))
+        .on_upgrade(move |socket| async move {
+            // the socket keeps its connection slot (see `ConnSlot`) until it closes
+            let _slot = slot;
+            connection(st, user, socket).await
+        })
 }
 
 #[derive(Deserialize)]
@@ -107,19 +120,50 @@ enum ClientFrame {
     Ping,
 }
 
-/// The ids a connection has sent, shared by its push path and its frame handler.
-#[derive(Clone, Default)]
-struct Sent(Arc<Mutex<HashSet<String>>>);
+/// The last ids a connection has sent, as hashes, shared by its push path and its frame
+/// handler; at most `window` of them (8 bytes each).
+#[derive(Clone)]
+struct Sent {
+    ids: Arc<Mutex<VecDeque<u64>>>,
+    window: usize,
+}
 
 impl Sent {
+    fn new(window: usize) -> Sent {
+        Sent {
+            ids: Arc::default(),
+            window: window.max(1),
+        }
+    }
+
     /// Whether `id` is new to this connection (and remember it).
     fn first_time(&self, id: &str) -> bool {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if s.len() >= SENT_MEMORY {
-            s.clear();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        let h = h.finish();
+        let mut s = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if s.contains(&h) {
+            return false;
         }
-        s.insert(id.to_string())
+        if s.len() >= self.window {
+            s.pop_front();
+        }
+        s.push_back(h);
+        true
     }
+}
+
+/// Write one message to the client within `deadline`; false when the client is gone or not
+/// reading.
+async fn write(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    msg: Message,
+    deadline: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(deadline, sink.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 struct Conn {
@@ -182,15 +226,14 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let wcfg = ctx.config.websocket.clone();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = channel(wcfg.send_queue);
-    let close = CancellationToken::new();
-    let conn_id = ctx.presence.attach(
-        &user.tenant,
-        &user.user,
-        ConnSink {
-            tx,
-            close: close.clone(),
-        },
-    );
+    let conn_sink = ConnSink::new(tx);
+    let (close, shared) = (conn_sink.close.clone(), conn_sink.shared.clone());
+    let conn_id = ctx.presence.attach(&user.tenant, &user.user, conn_sink);
+    let write_deadline = Duration::from_secs(wcfg.write_timeout_seconds.max(1));
+    let expires = {
+        let left = (user.expires_at - tidings_core::model::now_ms() / 1000).max(0) as u64;
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    };
     metrics::gauge!(DELIVERY_CONNECTIONS).increment(1.0);
     if let Err(e) = ctx
         .store
@@ -199,7 +242,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     {
         tracing::warn!(error = %e, "cannot record the user as known");
     }
-    let sent = Sent::default();
+    let sent = Sent::new(wcfg.dedup_window);
     // the frame handler (a task and two queues) starts with the first client frame: most
     // connections sit idle, and each byte of an idle connection counts at 100k of them
     let mut handler: Option<(Sender<String>, JoinHandle<()>)> = None;
@@ -210,22 +253,35 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let idle = Duration::from_secs(wcfg.idle_timeout_seconds.max(1));
     let mut last_heard = Instant::now();
     let mut closing: Option<(u16, &'static str)> = None;
-    if sink.send(Message::Text(hello.into())).await.is_ok() {
+    let token_expiry = tokio::time::sleep_until(expires);
+    tokio::pin!(token_expiry);
+    if write(&mut sink, Message::Text(hello.into()), write_deadline).await {
         loop {
             tokio::select! {
-                _ = close.cancelled() => { closing = Some((1008, "send queue full: reconnect and resume")); break; }
+                _ = close.cancelled() => {
+                    closing = Some(match shared.reason.load(std::sync::atomic::Ordering::Relaxed) {
+                        CLOSE_REPLACED => (CLOSE_REPLACED, "too many connections of this user: the oldest was closed"),
+                        _ => (CLOSE_SLOW, "send queue full: reconnect and resume"),
+                    });
+                    break;
+                }
                 _ = st.shutdown.cancelled() => { closing = Some((1001, "server shutting down")); break; }
+                _ = &mut token_expiry => {
+                    closing = Some((CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a fresh token"));
+                    break;
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle {
                         closing = Some((1000, "idle timeout"));
                         break;
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() { break; }
+                    if !write(&mut sink, Message::Ping(Default::default()), write_deadline).await { break; }
                 }
                 push = rx.recv() => {
                     let Some(push) = push else { break };
+                    ConnSink::taken(&shared, &push);
                     if sent.first_time(&push.message_id)
-                        && sink.send(Message::Text(push.frame.to_string().into())).await.is_err()
+                        && !write(&mut sink, Message::Text(push.frame.to_string().into()), write_deadline).await
                     {
                         break;
                     }
@@ -237,7 +293,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                     }
                 } => {
                     let Some(reply) = reply else { break };
-                    if sink.send(Message::Text(reply.into())).await.is_err() { break; }
+                    if !write(&mut sink, Message::Text(reply.into()), write_deadline).await { break; }
                 }
                 // read the client only while its frames have room (`capacity` is what is free)
                 msg = stream.next(), if handler.as_ref().is_none_or(|(f, _)| f.capacity() > 0) => {
@@ -257,7 +313,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                         Some(Ok(Message::Binary(_))) => {
                             metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "invalid").increment(1);
                             let e = frames::error("invalid_frame", "frames are JSON text");
-                            if sink.send(Message::Text(e.into())).await.is_err() { break; }
+                            if !write(&mut sink, Message::Text(e.into()), write_deadline).await { break; }
                         }
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                         Some(Ok(_)) => {}
@@ -267,12 +323,12 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
         }
     }
     if let Some((code, reason)) = closing {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        // a client that does not read does not get to hold the connection open
+        let _ = write(&mut sink, frame, Duration::from_secs(1)).await;
     }
     // let the handler finish the frames it has (no replies: the socket is done)
     drop(replies);
@@ -392,5 +448,24 @@ impl Conn {
         let replayed = out.len();
         out.push(json!({"type": "ok", "ref": "resume", "replayed": replayed}).to_string());
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sent_window_is_bounded() {
+        let sent = Sent::new(3);
+        assert!(sent.first_time("a"));
+        assert!(!sent.first_time("a"));
+        for id in ["b", "c", "d"] {
+            assert!(sent.first_time(id));
+        }
+        // "a" fell out of the window; the window never holds more than 3
+        assert_eq!(sent.ids.lock().unwrap().len(), 3);
+        assert!(sent.first_time("a"));
+        assert!(!sent.first_time("d"));
     }
 }

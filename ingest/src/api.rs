@@ -3,7 +3,7 @@
 
 use crate::send::{accept, validate, SendBody};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tidings_core::auth::{hash_api_key, random_token, secrets_equal};
-use tidings_core::http::{bearer, body_json, tenant_of, ApiResult};
+use tidings_core::http::{bearer, body_json, query, tenant_of, ApiResult};
 use tidings_core::model::*;
 use tidings_core::{bus::OutRecord, template, Context, Error, ErrorKind};
 
@@ -312,9 +312,10 @@ struct DlqQuery {
 async fn dlq_list(
     State(ctx): State<Context>,
     headers: HeaderMap,
-    Query(q): Query<DlqQuery>,
+    q: Result<Query<DlqQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let q = query(q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = ctx
         .store

@@ -2,6 +2,7 @@
 //! `delivery` and `retry` run one stage each; `migrate` creates topics; `schemas` prints the
 //! Avro schemas with their ids.
 
+mod http_server;
 mod serve;
 
 // glibc's malloc showed ~15% of the server's CPU under load (perf); mimalloc is cheaper for the

@@ -1,6 +1,7 @@
 //! Wiring: open the backends the config names, start the chosen stages under one shutdown
 //! token, serve HTTP (API, WebSocket, health, metrics), and drain on SIGTERM or Ctrl-C.
 
+use crate::http_server;
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -237,7 +238,27 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, node = %ctx.config.node_id, ?stages, "tidings listening");
+    let (nofile, nofile_hard) = http_server::raise_nofile();
+    let cap = http_server::connection_cap(&ctx.config, nofile);
+    if cap < ctx.config.http.max_connections {
+        tracing::warn!(
+            configured = ctx.config.http.max_connections,
+            cap,
+            nofile,
+            "http.max_connections lowered to fit the open-file limit"
+        );
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        node = %ctx.config.node_id,
+        ?stages,
+        nofile,
+        nofile_hard,
+        http_connections = cap,
+        websocket_connections = ctx.config.limits.max_connections.min(cap),
+        header_read_timeout_ms = ctx.config.http.header_read_timeout_ms,
+        "tidings listening"
+    );
 
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -245,10 +266,7 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         s.cancel();
     });
-    let s = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { s.cancelled().await })
-        .await?;
+    http_server::serve(listener, app, &ctx.config, cap, shutdown.clone()).await;
     shutdown.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(10), drain)

@@ -396,3 +396,204 @@ async fn a_crash_during_a_dlq_replay_loses_nothing() {
     wait_status(&s, &t, &id, "delivered").await;
     assert_eq!(rx.hits.lock().unwrap().len(), 2);
 }
+
+/// The value of an unlabelled gauge or counter in the metrics text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// The close code a connection gets, reading (and dropping) frames until then.
+async fn close_code(ws: &mut Ws, timeout: Duration) -> Option<u16> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.stream.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) => return None,
+            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+fn jwt(t: &Tenant, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(t.jwt_secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed() {
+    let s = Server::start(&[("TIDINGS_WS_WRITE_TIMEOUT_SECONDS", "1")]).await;
+    let t = s.tenant().await;
+    // connects, then never reads again
+    let stuck = Ws::connect(&s, &t.token("u")).await;
+    assert_eq!(
+        metric(&s.metrics().await, "tidings_delivery_connections"),
+        1.0
+    );
+    let body = "x".repeat(60_000);
+    for _ in 0..150 {
+        s.send(
+            &t,
+            json!({"to": {"users": ["u"]}, "title": "big", "body": body}),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&s.metrics().await, "tidings_delivery_connections") != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stuck);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = s
+            .user_api(&t.token("u"), "GET", "/v1/inbox/unread_count", None)
+            .await;
+        if v["unread"] == 150 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every send was routed: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // the user catches up on a new connection
+    let mut ws = Ws::connect(&s, &t.token("u")).await;
+    ws.send(json!({"type": "resume"})).await;
+    // replayed, or pushed live if its delivery was still on its way: each once
+    let mut ids = std::collections::HashSet::new();
+    for f in ws.until("ok", 30 * SEC).await {
+        if f["type"] == "message" {
+            assert!(ids.insert(f["id"].to_string()), "shown twice: {f}");
+        }
+    }
+    while ids.len() < 150 {
+        let m = ws
+            .next_message(10 * SEC)
+            .await
+            .expect("a message is missing");
+        assert!(ids.insert(m["id"].to_string()), "shown twice: {m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_capped_and_expired_tokens_close() {
+    let s = Server::start(&[("TIDINGS_WS_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let t = s.tenant().await;
+    let mut first = Ws::connect(&s, &t.token("u")).await;
+    let _second = Ws::connect(&s, &t.token("u")).await;
+    let mut third = Ws::connect(&s, &t.token("u")).await;
+    assert_eq!(close_code(&mut first, 5 * SEC).await, Some(4002));
+    // the newest works
+    let id = s
+        .send(&t, json!({"to": {"users": ["u"]}, "title": "hi"}))
+        .await;
+    assert_eq!(
+        third.next_message(5 * SEC).await.unwrap()["id"],
+        id.as_str()
+    );
+
+    // a connection closes when its token expires, telling the client to get a new one
+    let short = jwt(&t, json!({"sub": "v", "tid": t.id, "exp": now_s() + 2}));
+    let mut ws = Ws::connect(&s, &short).await;
+    let started = Instant::now();
+    assert_eq!(close_code(&mut ws, 10 * SEC).await, Some(4001));
+    assert!(started.elapsed() < Duration::from_secs(9));
+
+    // nbf ahead, and lifetimes past the configured bound, are refused
+    for (claims, want) in [
+        (
+            json!({"sub": "v", "tid": t.id, "exp": now_s() + 600, "nbf": now_s() + 300}),
+            "auth_token_not_yet_valid",
+        ),
+        (
+            json!({"sub": "v", "tid": t.id, "exp": i64::MAX}),
+            "auth_token_lifetime",
+        ),
+        (
+            json!({"sub": "v", "tid": t.id, "exp": now_s() + 30 * 86_400}),
+            "auth_token_lifetime",
+        ),
+    ] {
+        let (st, v) = s.user_api(&jwt(&t, claims), "GET", "/v1/inbox", None).await;
+        assert_eq!((st, code(&v)), (401, Some(want)), "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_http_clients_are_cut_off_and_query_errors_are_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(&[("TIDINGS_HTTP_HEADER_READ_TIMEOUT_MS", "1000")]).await;
+    let t = s.tenant().await;
+    // slowloris: headers that never end; and a socket that never sends a byte
+    let mut slow = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    for sock in [&mut slow, &mut idle] {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server kept a silent connection");
+    }
+    // bad query strings answer the JSON error
+    let (st, v) = s
+        .user_api(&t.token("u"), "GET", "/v1/inbox?limit=-1", None)
+        .await;
+    assert_eq!((st, code(&v)), (422, Some("invalid_query")), "{v}");
+    let (st, v) = s.api(&t, "GET", "/v1/dlq?limit=x", None).await;
+    assert_eq!((st, code(&v)), (422, Some("invalid_query")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_past_the_open_file_limit_do_not_stop_the_server() {
+    // the test itself needs room for its sockets
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let s =
+        Server::start_with_nofile(1024, &[("TIDINGS_HTTP_HEADER_READ_TIMEOUT_MS", "1500")]).await;
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(tokio::net::TcpStream::connect(&s.addr).await.unwrap());
+    }
+    // the cap keeps accept working; idle sockets are cut at the header deadline, and health
+    // answers again while the client still holds all of them
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = tokio::time::timeout(Duration::from_secs(1), s.http.get(s.url("/healthz")).send())
+            .await
+            .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/healthz never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = metric(&s.metrics().await, "tidings_http_connections_refused_total");
+    assert!(refused > 0.0, "the cap was never reached");
+    drop(idle);
+}

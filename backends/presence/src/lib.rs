@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tidings_core::config::Config;
 use tidings_core::metrics_names::DELIVERY_SLOW_CLOSED_TOTAL;
-use tidings_core::presence::{ConnId, ConnSink, Presence, Push};
+use tidings_core::presence::{ConnId, ConnSink, Offer, Presence, Push};
 use tidings_core::{Error, Result};
-use tokio::sync::mpsc::error::TrySendError;
 
 /// Open the presence backend the config names.
 pub fn open(config: &Config) -> Result<Arc<dyn Presence>> {
     match config.presence.backend.as_str() {
-        "local" => Ok(Arc::new(LocalPresence::default())),
+        "local" => Ok(Arc::new(LocalPresence::new(
+            config.websocket.max_connections_per_user,
+            config.websocket.send_queue_bytes,
+        ))),
         other => Err(Error::invalid(
             "backend_unavailable",
             format!("presence.backend `{other}` is not built into this binary (available: local)"),
@@ -33,19 +35,30 @@ pub struct LocalPresence {
     shards: Vec<Shard>,
     next_id: AtomicU64,
     count: AtomicUsize,
+    max_per_user: usize,
+    max_queued_bytes: usize,
 }
 
 impl Default for LocalPresence {
     fn default() -> Self {
-        LocalPresence {
-            shards: (0..64).map(|_| RwLock::new(HashMap::new())).collect(),
-            next_id: AtomicU64::new(1),
-            count: AtomicUsize::new(0),
-        }
+        let ws = tidings_core::config::WebSocketConfig::default();
+        LocalPresence::new(ws.max_connections_per_user, ws.send_queue_bytes)
     }
 }
 
 impl LocalPresence {
+    /// At most `max_per_user` connections of a user, each with at most `max_queued_bytes` of
+    /// frames waiting.
+    pub fn new(max_per_user: usize, max_queued_bytes: usize) -> LocalPresence {
+        LocalPresence {
+            shards: (0..64).map(|_| RwLock::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            count: AtomicUsize::new(0),
+            max_per_user: max_per_user.max(1),
+            max_queued_bytes,
+        }
+    }
+
     fn shard(&self, tenant: &str, user: &str) -> &Shard {
         let h = tidings_core::bus::partition_for(
             format!("{tenant}\0{user}").as_bytes(),
@@ -60,9 +73,23 @@ impl Presence for LocalPresence {
     fn attach(&self, tenant: &str, user: &str, sink: ConnSink) -> ConnId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut m = self.shard(tenant, user).write().expect("presence lock");
-        m.entry((tenant.to_string(), user.to_string()))
-            .or_default()
-            .push((id, sink));
+        let conns = m.entry((tenant.to_string(), user.to_string())).or_default();
+        // connections already told to close are on their way out; count the others
+        let open = conns
+            .iter()
+            .filter(|(_, s)| !s.close.is_cancelled())
+            .count();
+        if open >= self.max_per_user {
+            let excess = open + 1 - self.max_per_user;
+            for (_, s) in conns
+                .iter()
+                .filter(|(_, s)| !s.close.is_cancelled())
+                .take(excess)
+            {
+                s.close_with(tidings_core::presence::CLOSE_REPLACED);
+            }
+        }
+        conns.push((id, sink));
         self.count.fetch_add(1, Ordering::Relaxed);
         id
     }
@@ -90,14 +117,11 @@ impl Presence for LocalPresence {
         let mut reached = 0;
         let push = Arc::new(push);
         for (_, sink) in conns {
-            match sink.tx.try_send(push.clone()) {
-                Ok(()) => reached += 1,
-                Err(TrySendError::Full(_)) => {
-                    // never block the publisher: the slow client reconnects and resumes
-                    metrics::counter!(DELIVERY_SLOW_CLOSED_TOTAL).increment(1);
-                    sink.close.cancel();
-                }
-                Err(TrySendError::Closed(_)) => {}
+            // never block the publisher: a slow client is closed, reconnects and resumes
+            match sink.offer(push.clone(), self.max_queued_bytes) {
+                Offer::Queued => reached += 1,
+                Offer::Slow => metrics::counter!(DELIVERY_SLOW_CLOSED_TOTAL).increment(1),
+                Offer::Gone => {}
             }
         }
         Ok(reached)
@@ -115,17 +139,11 @@ impl Presence for LocalPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::sync::CancellationToken;
+    use tidings_core::presence::{CLOSE_REPLACED, CLOSE_SLOW};
 
     fn sink(cap: usize) -> (ConnSink, tokio::sync::mpsc::Receiver<Arc<Push>>) {
         let (tx, rx) = tokio::sync::mpsc::channel(cap);
-        (
-            ConnSink {
-                tx,
-                close: CancellationToken::new(),
-            },
-            rx,
-        )
+        (ConnSink::new(tx), rx)
     }
 
     fn push(id: &str) -> Push {
@@ -161,5 +179,39 @@ mod tests {
         assert_eq!(rb.recv().await.unwrap().message_id, "m1");
         p.detach("t", "u", ida);
         assert_eq!(p.local_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn queues_are_bounded_in_bytes_and_users_in_connections() {
+        let p = LocalPresence::new(2, 10);
+        let (a, mut ra) = sink(100);
+        let a_shared = a.shared.clone();
+        let a_close = a.close.clone();
+        p.attach("t", "u", a);
+        let big = |id: &str| Push {
+            message_id: id.into(),
+            seq: 1,
+            frame: Arc::from("123456"),
+        };
+        assert_eq!(p.push("t", "u", big("m1")).await.unwrap(), 1);
+        // 12 bytes would be queued: over 10
+        assert_eq!(p.push("t", "u", big("m2")).await.unwrap(), 0);
+        assert!(a_close.is_cancelled());
+        assert_eq!(a_shared.reason.load(Ordering::Relaxed), CLOSE_SLOW);
+        let got = ra.recv().await.unwrap();
+        ConnSink::taken(&a_shared, &got);
+        assert_eq!(a_shared.queued_bytes.load(Ordering::Relaxed), 0);
+
+        // a third connection of one user closes the oldest open one
+        let (b, _rb) = sink(8);
+        let (c, _rc) = sink(8);
+        let (d, _rd) = sink(8);
+        let (b_close, b_shared, c_close) = (b.close.clone(), b.shared.clone(), c.close.clone());
+        p.attach("t", "v", b);
+        p.attach("t", "v", c);
+        assert!(!b_close.is_cancelled());
+        p.attach("t", "v", d);
+        assert!(b_close.is_cancelled() && !c_close.is_cancelled());
+        assert_eq!(b_shared.reason.load(Ordering::Relaxed), CLOSE_REPLACED);
     }
 }

@@ -16,6 +16,8 @@ pub struct Server {
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub http: reqwest::Client,
+    /// Start the process with this open-file limit (soft and hard), as `ulimit -n` would.
+    pub nofile: Option<u64>,
 }
 
 pub const ADMIN: &str = "test-admin-token";
@@ -39,13 +41,41 @@ impl Server {
                 .collect(),
             child: None,
             http: reqwest::Client::new(),
+            nofile: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Start under `ulimit -n <nofile>` (soft and hard: the server cannot raise it).
+    pub async fn start_with_nofile(nofile: u64, env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir: tempfile::tempdir().unwrap(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            http: reqwest::Client::new(),
+            nofile: Some(nofile),
         };
         s.spawn().await;
         s
     }
 
     async fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        let exe = env!("CARGO_BIN_EXE_tidings");
+        let mut cmd = match self.nofile {
+            None => Command::new(exe),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(exe);
+                c
+            }
+        };
         cmd.arg("serve")
             .env("TIDINGS_HTTP_ADDR", &self.addr)
             .env("TIDINGS_DATA_DIR", self.dir.path())
