@@ -152,6 +152,8 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
             webhook_url: None,
             webhook_secret: "w".into(),
             created_at_ms: 1,
+            previous: None,
+            disabled: false,
         };
         store.create_tenant(&tenant).await.unwrap();
     }
@@ -170,6 +172,33 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     updated.webhook_url = Some("http://x".into());
     store.update_tenant(&updated).await.unwrap();
     assert_eq!(store.tenant(&t1).await.unwrap().unwrap(), updated);
+    // a rotation: the new key and the previous one both find the tenant; a second rotation
+    // drops the first key
+    let mut rotated = updated.clone();
+    rotated.previous = Some(PreviousCredentials {
+        api_key_hash: rotated.api_key_hash.clone(),
+        jwt_secret: "s".into(),
+        webhook_secret: "w".into(),
+        until_ms: 10,
+    });
+    rotated.api_key_hash = format!("hash2-{t1}");
+    store.update_tenant(&rotated).await.unwrap();
+    for h in [format!("hash-{t1}"), format!("hash2-{t1}")] {
+        let found = store.tenant_by_api_key_hash(&h).await.unwrap();
+        assert_eq!(found.map(|t| t.id), Some(t1.clone()), "{h}");
+    }
+    let mut again = rotated.clone();
+    again.previous.as_mut().unwrap().api_key_hash = rotated.api_key_hash.clone();
+    again.api_key_hash = format!("hash3-{t1}");
+    store.update_tenant(&again).await.unwrap();
+    assert!(store
+        .tenant_by_api_key_hash(&format!("hash-{t1}"))
+        .await
+        .unwrap()
+        .is_none());
+    for h in [format!("hash2-{t1}"), format!("hash3-{t1}")] {
+        assert!(store.tenant_by_api_key_hash(&h).await.unwrap().is_some());
+    }
 
     // users and tags, paged
     for u in ["u3", "u1", "u2"] {

@@ -113,8 +113,32 @@ pub async fn tenant_of(
             "send the tenant API key as `Authorization: Bearer <key>`",
         )
     })?;
-    store
-        .tenant_by_api_key_hash(&crate::auth::hash_api_key(key))
+    let hash = crate::auth::hash_api_key(key);
+    let tenant = store
+        .tenant_by_api_key_hash(&hash)
         .await?
-        .ok_or_else(|| Error::unauthorized("auth_invalid_key", "unknown API key"))
+        .ok_or_else(|| Error::unauthorized("auth_invalid_key", "unknown API key"))?;
+    let current = crate::auth::secrets_equal(&tenant.api_key_hash, &hash);
+    let previous = tenant
+        .previous_at(crate::model::now_ms())
+        .is_some_and(|p| crate::auth::secrets_equal(&p.api_key_hash, &hash));
+    if !current && !previous {
+        return Err(Error::unauthorized(
+            "auth_invalid_key",
+            "this API key was rotated out",
+        ));
+    }
+    if tenant.disabled {
+        return Err(tenant_disabled());
+    }
+    Ok(tenant)
+}
+
+/// The error of a disabled tenant's credentials.
+pub fn tenant_disabled() -> Error {
+    Error::new(
+        ErrorKind::Forbidden,
+        "tenant_disabled",
+        "this tenant is disabled",
+    )
 }

@@ -107,6 +107,28 @@ pub struct Tenant {
     /// Secret for the webhook HMAC-SHA256 signature.
     pub webhook_secret: String,
     pub created_at_ms: i64,
+    /// The credentials replaced by the last rotation, valid until `previous_until_ms`.
+    #[serde(default)]
+    pub previous: Option<PreviousCredentials>,
+    /// A disabled tenant's keys and tokens are refused; its data is kept.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// What a rotation replaced, kept working for an overlap window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PreviousCredentials {
+    pub api_key_hash: String,
+    pub jwt_secret: String,
+    pub webhook_secret: String,
+    pub until_ms: i64,
+}
+
+impl Tenant {
+    /// The replaced credentials, if still within their overlap window at `now_ms`.
+    pub fn previous_at(&self, now_ms: i64) -> Option<&PreviousCredentials> {
+        self.previous.as_ref().filter(|p| now_ms < p.until_ms)
+    }
 }
 
 /// Who a request goes to.

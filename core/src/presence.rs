@@ -20,6 +20,8 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// WebSocket close code: the user opened more connections than allowed; this, the oldest,
 /// was closed for the newest.
 pub const CLOSE_REPLACED: u16 = 4002;
+/// WebSocket close code: the tenant was disabled; do not reconnect.
+pub const CLOSE_TENANT_DISABLED: u16 = 4003;
 
 /// What is pushed to a connection: one message, already encoded as a JSON text frame.
 #[derive(Debug, Clone)]
@@ -125,6 +127,10 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Push to every connection of the user; returns how many took it.
     async fn push(&self, tenant: &str, user: &str, push: Push) -> Result<usize>;
+
+    /// Tell every connection of `tenant` on this node to close (a disabled tenant); returns
+    /// how many.
+    fn close_tenant(&self, tenant: &str) -> usize;
 
     /// Live connections on this node.
     fn local_connections(&self) -> usize;

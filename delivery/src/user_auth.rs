@@ -18,11 +18,20 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
     let tenant = ctx.store.tenant(&tid).await?.ok_or_else(|| {
         Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
     })?;
-    let claims = verify_user_token(
-        token,
-        &tenant.jwt_secret,
-        ctx.config.auth.max_token_lifetime_seconds,
-    )?;
+    let max = ctx.config.auth.max_token_lifetime_seconds;
+    let claims = match verify_user_token(token, &tenant.jwt_secret, max) {
+        // within a rotation's overlap, tokens signed with the replaced secret still count
+        Err(e) if e.code == "auth_invalid_token" => {
+            match tenant.previous_at(tidings_core::model::now_ms()) {
+                Some(p) => verify_user_token(token, &p.jwt_secret, max).map_err(|_| e)?,
+                None => return Err(e),
+            }
+        }
+        other => other?,
+    };
+    if tenant.disabled {
+        return Err(tidings_core::http::tenant_disabled());
+    }
     if claims.tid != tenant.id {
         return Err(Error::unauthorized("auth_invalid_token", "tenant mismatch"));
     }

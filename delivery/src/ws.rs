@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 use tidings_core::http::{bearer, query, ApiError, ConnSlot};
 use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECTIONS};
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
-use tidings_core::presence::{ConnSink, CLOSE_REPLACED, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED};
+use tidings_core::presence::{
+    ConnSink, CLOSE_REPLACED, CLOSE_SLOW, CLOSE_TENANT_DISABLED, CLOSE_TOKEN_EXPIRED,
+};
 use tidings_core::{Context, Error, ErrorKind};
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 use tokio::task::JoinHandle;
@@ -261,6 +263,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                 _ = close.cancelled() => {
                     closing = Some(match shared.reason.load(std::sync::atomic::Ordering::Relaxed) {
                         CLOSE_REPLACED => (CLOSE_REPLACED, "too many connections of this user: the oldest was closed"),
+                        CLOSE_TENANT_DISABLED => (CLOSE_TENANT_DISABLED, "the tenant is disabled"),
                         _ => (CLOSE_SLOW, "send queue full: reconnect and resume"),
                     });
                     break;

@@ -21,6 +21,9 @@ pub fn routes(ctx: Context) -> Router {
     let limit = ctx.config.limits.max_body_bytes;
     Router::new()
         .route("/v1/admin/tenants", post(create_tenant))
+        .route("/v1/admin/tenants/{id}/rotate", post(rotate_tenant))
+        .route("/v1/admin/tenants/{id}/disable", post(disable_tenant))
+        .route("/v1/admin/tenants/{id}/enable", post(enable_tenant))
         .route("/v1/webhook", put(set_webhook))
         .route("/v1/messages", post(send))
         .route("/v1/messages/{id}", get(message))
@@ -60,28 +63,7 @@ async fn create_tenant(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let admin = &ctx.config.admin_token.0;
-    if admin.is_empty() {
-        return Err(Error::new(
-            ErrorKind::Forbidden,
-            "admin_disabled",
-            "set TIDINGS_ADMIN_TOKEN to enable the admin API",
-        )
-        .into());
-    }
-    match bearer(&headers) {
-        Some(t) if secrets_equal(t, admin) => {}
-        Some(_) => {
-            return Err(Error::unauthorized("auth_invalid_admin_token", "wrong admin token").into())
-        }
-        None => {
-            return Err(Error::unauthorized(
-                "auth_missing",
-                "send the admin token as `Authorization: Bearer <token>`",
-            )
-            .into())
-        }
-    }
+    admin(&ctx, &headers)?;
     let req: NewTenant = match body {
         Ok(b) if b.is_empty() => NewTenant::default(),
         other => body_json(other, limit(&ctx))?,
@@ -98,6 +80,8 @@ async fn create_tenant(
         webhook_url: req.webhook_url,
         webhook_secret: random_token("whs_"),
         created_at_ms: now_ms(),
+        previous: None,
+        disabled: false,
     };
     ctx.store.create_tenant(&tenant).await?;
     tracing::info!(tenant = %tenant.id, "tenant created");
@@ -109,6 +93,115 @@ async fn create_tenant(
             "webhook_secret": tenant.webhook_secret,
         })),
     ))
+}
+
+/// Check the admin token.
+fn admin(ctx: &Context, headers: &HeaderMap) -> Result<(), Error> {
+    let admin = &ctx.config.admin_token.0;
+    if admin.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "admin_disabled",
+            "set TIDINGS_ADMIN_TOKEN to enable the admin API",
+        ));
+    }
+    match bearer(headers) {
+        Some(t) if secrets_equal(t, admin) => Ok(()),
+        Some(_) => Err(Error::unauthorized(
+            "auth_invalid_admin_token",
+            "wrong admin token",
+        )),
+        None => Err(Error::unauthorized(
+            "auth_missing",
+            "send the admin token as `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+async fn tenant_for_admin(ctx: &Context, headers: &HeaderMap, id: &str) -> Result<Tenant, Error> {
+    admin(ctx, headers)?;
+    ctx.store
+        .tenant(id)
+        .await?
+        .ok_or_else(|| Error::not_found("tenant_not_found", format!("no tenant `{id}`")))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the replaced key and secrets keep working, seconds.
+    overlap_seconds: Option<i64>,
+}
+
+/// `POST /v1/admin/tenants/{id}/rotate`: new API key, JWT secret and webhook secret; the
+/// replaced ones keep working for the overlap window (a second rotation ends the first's).
+async fn rotate_tenant(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let mut tenant = tenant_for_admin(&ctx, &headers, &id).await?;
+    let req: RotateBody = match body {
+        Ok(b) if b.is_empty() => RotateBody::default(),
+        other => body_json(other, limit(&ctx))?,
+    };
+    let overlap = req
+        .overlap_seconds
+        .unwrap_or(ctx.config.auth.rotation_overlap_seconds);
+    if !(0..=30 * 86_400).contains(&overlap) {
+        return Err(
+            Error::invalid("invalid_overlap", "overlap_seconds: 0 to 2592000 (30 days)").into(),
+        );
+    }
+    let until = now_ms() + overlap * 1000;
+    let api_key = random_token("tk_");
+    tenant.previous = Some(PreviousCredentials {
+        api_key_hash: std::mem::replace(&mut tenant.api_key_hash, hash_api_key(&api_key)),
+        jwt_secret: std::mem::replace(&mut tenant.jwt_secret, random_token("js_")),
+        webhook_secret: std::mem::replace(&mut tenant.webhook_secret, random_token("whs_")),
+        until_ms: until,
+    });
+    ctx.store.update_tenant(&tenant).await?;
+    tracing::info!(tenant = %tenant.id, overlap, "tenant credentials rotated");
+    Ok(Json(json!({
+        "tenant_id": tenant.id, "api_key": api_key, "jwt_secret": tenant.jwt_secret,
+        "webhook_secret": tenant.webhook_secret, "previous_valid_until": rfc3339(until),
+    })))
+}
+
+/// `POST /v1/admin/tenants/{id}/disable` and `/enable`: a disabled tenant's keys and tokens
+/// are refused and its connections closed; its data is kept.
+async fn set_disabled(
+    ctx: Context,
+    headers: HeaderMap,
+    id: String,
+    disabled: bool,
+) -> ApiResult<Json<Value>> {
+    let mut tenant = tenant_for_admin(&ctx, &headers, &id).await?;
+    tenant.disabled = disabled;
+    ctx.store.update_tenant(&tenant).await?;
+    if disabled {
+        let closed = ctx.presence.close_tenant(&tenant.id);
+        tracing::info!(tenant = %tenant.id, closed, "tenant disabled");
+    }
+    Ok(Json(json!({"tenant_id": tenant.id, "disabled": disabled})))
+}
+
+async fn disable_tenant(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_disabled(ctx, headers, id, true).await
+}
+
+async fn enable_tenant(
+    State(ctx): State<Context>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_disabled(ctx, headers, id, false).await
 }
 
 #[derive(Deserialize)]

@@ -597,3 +597,106 @@ async fn idle_sockets_past_the_open_file_limit_do_not_stop_the_server() {
     assert!(refused > 0.0, "the cap was never reached");
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_are_private_and_credentials_rotate_and_tenants_disable() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start(&[]).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(s.dir.path()), 0o700);
+    for f in ["bus.redb", "store.redb"] {
+        assert_eq!(mode(&s.dir.path().join(f)), 0o600, "{f}");
+    }
+
+    let t = s.tenant().await;
+    let old_token = t.token("u");
+    let admin = |path: String, body: Value| {
+        let req = s.http.post(s.url(&path)).bearer_auth(ADMIN).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    // rotate with an overlap: old and new both work
+    let (st, v) = admin(
+        format!("/v1/admin/tenants/{}/rotate", t.id),
+        json!({"overlap_seconds": 600}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let new = Tenant {
+        id: t.id.clone(),
+        api_key: v["api_key"].as_str().unwrap().into(),
+        jwt_secret: v["jwt_secret"].as_str().unwrap().into(),
+        webhook_secret: v["webhook_secret"].as_str().unwrap().into(),
+    };
+    assert_ne!(new.api_key, t.api_key);
+    for key in [&t, &new] {
+        s.send(key, json!({"to": {"users": ["u"]}, "title": "x"}))
+            .await;
+    }
+    for token in [&old_token, &new.token("u")] {
+        assert_eq!(s.user_api(token, "GET", "/v1/inbox", None).await.0, 200);
+    }
+    // rotate again without overlap: the first credentials stop at once
+    let (st, v) = admin(
+        format!("/v1/admin/tenants/{}/rotate", t.id),
+        json!({"overlap_seconds": 0}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let newest = Tenant {
+        id: t.id.clone(),
+        api_key: v["api_key"].as_str().unwrap().into(),
+        jwt_secret: v["jwt_secret"].as_str().unwrap().into(),
+        webhook_secret: v["webhook_secret"].as_str().unwrap().into(),
+    };
+    for old in [&t, &new] {
+        let (st, v) = s
+            .api(
+                old,
+                "POST",
+                "/v1/messages",
+                Some(json!({"to": {"users": ["u"]}, "title": "x"})),
+            )
+            .await;
+        assert_eq!((st, code(&v)), (401, Some("auth_invalid_key")), "{v}");
+    }
+    let (st, _) = s.user_api(&old_token, "GET", "/v1/inbox", None).await;
+    assert_eq!(st, 401);
+    s.send(&newest, json!({"to": {"users": ["u"]}, "title": "x"}))
+        .await;
+
+    // disable: keys and tokens refused, live connections closed, data kept; enable again
+    let mut ws = Ws::connect(&s, &newest.token("u")).await;
+    let (st, _) = admin(format!("/v1/admin/tenants/{}/disable", t.id), json!({})).await;
+    assert_eq!(st, 200);
+    assert_eq!(close_code(&mut ws, 5 * SEC).await, Some(4003));
+    let (st, v) = s
+        .api(
+            &newest,
+            "POST",
+            "/v1/messages",
+            Some(json!({"to": {"users": ["u"]}, "title": "x"})),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (403, Some("tenant_disabled")), "{v}");
+    let (st, v) = s
+        .user_api(&newest.token("u"), "GET", "/v1/inbox", None)
+        .await;
+    assert_eq!((st, code(&v)), (403, Some("tenant_disabled")), "{v}");
+    let (st, _) = admin(format!("/v1/admin/tenants/{}/enable", t.id), json!({})).await;
+    assert_eq!(st, 200);
+    let items = s.inbox_all(&newest.token("u")).await;
+    assert_eq!(items.len(), 3, "the inbox was kept");
+    // admin routes need the admin token
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/admin/tenants/{}/disable", t.id)))
+        .bearer_auth(&newest.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -51,11 +51,14 @@ impl Engine {
     ) -> Result<Engine> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(storage_err)?;
+            private(dir, 0o700)?;
         }
         let db = Database::builder()
             .set_cache_size(256 * 1024 * 1024)
             .create(path)
             .map_err(storage_err)?;
+        // the files hold tenants' secrets: owner only, whatever the umask
+        private(path, 0o600)?;
         let txn = db.begin_write().map_err(storage_err)?;
         init(&txn)?;
         txn.commit().map_err(storage_err)?;
@@ -94,6 +97,19 @@ impl Engine {
     pub fn read(&self) -> Result<ReadTransaction> {
         self.db.begin_read().map_err(storage_err)
     }
+}
+
+/// Restrict `path` to its owner (`mode`); a no-op where modes do not exist.
+fn private(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(storage_err)?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
@@ -151,6 +167,21 @@ fn writer(db: Arc<Database>, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("t.redb");
+        let _engine = Engine::open(&path, "test", |_| Ok(())).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+    }
 
     /// An urgent write queued behind a long run of bulk writes commits before most of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,22 @@ impl Presence for LocalPresence {
         Ok(reached)
     }
 
+    fn close_tenant(&self, tenant: &str) -> usize {
+        let mut closed = 0;
+        for shard in &self.shards {
+            let m = shard.read().expect("presence lock");
+            for ((t, _), conns) in m.iter() {
+                if t == tenant {
+                    for (_, s) in conns {
+                        s.close_with(tidings_core::presence::CLOSE_TENANT_DISABLED);
+                        closed += 1;
+                    }
+                }
+            }
+        }
+        closed
+    }
+
     fn local_connections(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }

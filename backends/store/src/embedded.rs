@@ -285,11 +285,22 @@ impl Store for EmbeddedStore {
                 };
                 t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice())
                     .map_err(storage_err)?;
-                if old.api_key_hash != tenant.api_key_hash {
+                // index every key the tenant still has (current and previous), no other
+                let keys = |t: &Tenant| {
+                    let mut v = vec![t.api_key_hash.clone()];
+                    v.extend(t.previous.as_ref().map(|p| p.api_key_hash.clone()));
+                    v
+                };
+                let (before, after) = (keys(&old), keys(&tenant));
+                if before != after {
                     let mut k = txn.open_table(API_KEYS).map_err(storage_err)?;
-                    k.remove(old.api_key_hash.as_str()).map_err(storage_err)?;
-                    k.insert(tenant.api_key_hash.as_str(), tenant.id.as_bytes())
-                        .map_err(storage_err)?;
+                    for h in before.iter().filter(|h| !after.contains(h)) {
+                        k.remove(h.as_str()).map_err(storage_err)?;
+                    }
+                    for h in &after {
+                        k.insert(h.as_str(), tenant.id.as_bytes())
+                            .map_err(storage_err)?;
+                    }
                 }
                 Ok(())
             })

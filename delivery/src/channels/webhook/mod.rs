@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! X-Tidings-Timestamp: 1763900000
-//! X-Tidings-Signature: v1=<hex hmac>
+//! X-Tidings-Signature: v1=<hex hmac>[,v1=<hex hmac>]  (during a secret rotation's overlap,
+//!                                                   one per secret, newest first)
 //! X-Tidings-Message-Id: <message id>   (receivers dedupe on it: delivery is at-least-once)
 //! ```
 //!
@@ -67,23 +68,24 @@ pub fn body_of(d: &Delivery) -> String {
     }
 }
 
-/// POST one delivery; `Ok(())` on a 2xx.
+/// POST one delivery, signed with each of `secrets`; `Ok(())` on a 2xx.
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
-    secret: &str,
+    secrets: &[&str],
     d: &Delivery,
 ) -> std::result::Result<(), Failure> {
     let body = body_of(d);
     let ts = now_ms() / 1000;
+    let signatures: Vec<String> = secrets
+        .iter()
+        .map(|s| signature(s, ts, body.as_bytes()))
+        .collect();
     let res = client
         .post(url)
         .header("content-type", "application/json")
         .header("x-tidings-timestamp", ts.to_string())
-        .header(
-            "x-tidings-signature",
-            signature(secret, ts, body.as_bytes()),
-        )
+        .header("x-tidings-signature", signatures.join(","))
         .header("x-tidings-message-id", &d.message_id)
         .body(body)
         .send()
@@ -166,15 +168,15 @@ async fn attempt(
     tenant: Option<Tenant>,
 ) -> Result<()> {
     let outcome = match tenant.as_ref().and_then(|t| {
-        t.webhook_url
-            .as_deref()
-            .map(|u| (u, t.webhook_secret.as_str()))
+        let mut secrets = vec![t.webhook_secret.as_str()];
+        secrets.extend(t.previous_at(now_ms()).map(|p| p.webhook_secret.as_str()));
+        t.webhook_url.as_deref().map(|u| (u, secrets))
     }) {
         // checked again: an address literal never reaches the resolver, and the URL may
         // have been stored before the guard existed
-        Some((url, secret)) => {
+        Some((url, secrets)) => {
             match tidings_core::egress::check_url(url, ctx.config.egress.allow_private) {
-                Ok(_) => post(client, url, secret, &d).await,
+                Ok(_) => post(client, url, &secrets, &d).await,
                 Err(e) => Err(Failure {
                     error: e.message,
                     retriable: false,
