@@ -579,11 +579,15 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert!(store.dlq_get(&t2, "d2").await.unwrap().is_none());
     assert!(store.dlq_list(&t2, None, 10).await.unwrap().is_empty());
     assert_eq!(
-        store.dlq_take(&t1, "d1").await.unwrap().unwrap().delivery,
+        store.dlq_get(&t1, "d1").await.unwrap().unwrap().delivery,
         vec![0, 1, 2]
     );
-    assert!(store.dlq_take(&t1, "d1").await.unwrap().is_none());
-    assert!(store.dlq_take(&t2, "d0").await.unwrap().is_none());
+    // removal only of the failure that was replayed
+    assert!(!store.dlq_remove(&t1, "d1", 99).await.unwrap());
+    assert!(store.dlq_remove(&t1, "d1", 1).await.unwrap());
+    assert!(store.dlq_get(&t1, "d1").await.unwrap().is_none());
+    assert!(!store.dlq_remove(&t1, "d1", 1).await.unwrap());
+    assert!(!store.dlq_remove(&t2, "d0", 0).await.unwrap());
 
     store.ready().await.unwrap();
 }

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// WebSocket close code: the connection fell behind (queue full in frames or bytes, or a
-/// write that did not complete in time); reconnect and `resume`.
+/// WebSocket close code: the connection fell behind (queue full in frames or bytes);
+/// reconnect and `resume`. A client that stops reading (a write past its deadline) is
+/// dropped without a close frame: it would not read one.
 pub const CLOSE_SLOW: u16 = 1008;
 /// WebSocket close code: the token expired; reconnect with a fresh one.
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;

@@ -194,8 +194,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<DlqEntry>>;
     /// One entry.
     async fn dlq_get(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>>;
-    /// Remove and return an entry (after its replay is on the bus).
-    async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>>;
+    /// Remove an entry after its replay is on the bus, only if it is still the failure that
+    /// was replayed (`failed_at_ms`): a new failure of the replay keeps its entry.
+    async fn dlq_remove(&self, tenant: &str, id: &str, failed_at_ms: i64) -> Result<bool>;
 
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> Result<()>;

@@ -458,7 +458,9 @@ async fn dlq_replay(
         Some(entry.error.clone()),
     )
     .await?;
-    ctx.store.dlq_take(&tenant.id, &id).await?;
+    ctx.store
+        .dlq_remove(&tenant.id, &id, entry.failed_at_ms)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"replayed": id, "message_id": entry.message_id})),

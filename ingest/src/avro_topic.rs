@@ -1,6 +1,6 @@
 //! The consumer of `<prefix>.ingest`: `NotificationRequest` records that producers publish
 //! straight to the bus. Each is handled exactly like an HTTP send; a record that cannot be
-//! decoded, names an unknown tenant or fails validation goes to `dlq` with the reason and never
+//! decoded, names an unknown or disabled tenant or fails validation goes to `dlq` with the reason and never
 //! stalls the partition.
 
 use crate::send::{accept, body_of, validate};
@@ -32,6 +32,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
                         format!("tenant `{}` does not exist", req.tenant_id),
                     )
                 })?;
+                if tenant.disabled {
+                    return Err(tidings_core::http::tenant_disabled());
+                }
                 let valid = validate(&ctx, &tenant, body_of(&req)).await?;
                 accept(&ctx, valid).await.map(|_| ())
             }

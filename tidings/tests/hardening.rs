@@ -581,19 +581,31 @@ async fn idle_sockets_past_the_open_file_limit_do_not_stop_the_server() {
         idle.push(tokio::net::TcpStream::connect(&s.addr).await.unwrap());
     }
     // the cap keeps accept working; idle sockets are cut at the header deadline, and health
-    // answers again while the client still holds all of them
+    // (and metrics) answer again while the client still holds all of them
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = tokio::time::timeout(Duration::from_secs(1), s.http.get(s.url("/healthz")).send())
-            .await
-            .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
-        if ok {
-            break;
+    let metrics = loop {
+        let get = |path: &'static str| {
+            let req = s.http.get(s.url(path)).send();
+            async move {
+                let r = tokio::time::timeout(Duration::from_secs(1), req)
+                    .await
+                    .ok()?
+                    .ok()?;
+                if !r.status().is_success() {
+                    return None;
+                }
+                r.text().await.ok()
+            }
+        };
+        if get("/healthz").await.is_some() {
+            if let Some(m) = get("/metrics").await {
+                break m;
+            }
         }
         assert!(Instant::now() < deadline, "/healthz never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let refused = metric(&s.metrics().await, "tidings_http_connections_refused_total");
+    };
+    let refused = metric(&metrics, "tidings_http_connections_refused_total");
     assert!(refused > 0.0, "the cap was never reached");
     drop(idle);
 }
@@ -699,4 +711,85 @@ async fn data_files_are_private_and_credentials_rotate_and_tenants_disable() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_not_ready_and_recovers_without_a_restart() {
+    // a small disk of its own: a tmpfs (needs root, as on the CI machine)
+    let mount = tempfile::tempdir().unwrap().keep();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let data = mount.join("data");
+    let s = Server::start(&[("TIDINGS_DATA_DIR", data.to_str().unwrap())]).await;
+    let t = s.tenant().await;
+    let ballast = mount.join("ballast");
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&mount)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    // leave about 2 MiB
+    std::fs::write(&ballast, vec![1u8; free.saturating_sub(2 << 20)]).unwrap();
+    let body = "y".repeat(50_000);
+    let mut refused = None;
+    for _ in 0..200 {
+        let (st, v) = s
+            .api(
+                &t,
+                "POST",
+                "/v1/messages",
+                Some(json!({"to": {"users": ["u"]}, "title": "t", "body": body})),
+            )
+            .await;
+        if st != 202 {
+            refused = Some((st, v));
+            break;
+        }
+    }
+    let (st, v) = refused.expect("the disk never filled");
+    assert_eq!((st, code(&v)), (503, Some("storage_error")), "{v}");
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "ready while writes fail");
+    // space comes back: ready again and sends accepted, same process
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut ws = Ws::connect(&s, &t.token("w")).await;
+    let id = s
+        .send(&t, json!({"to": {"users": ["w"]}, "title": "back"}))
+        .await;
+    assert_eq!(ws.next_message(10 * SEC).await.unwrap()["id"], id.as_str());
 }

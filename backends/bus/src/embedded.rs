@@ -347,7 +347,7 @@ impl Bus for EmbeddedBus {
     }
 
     async fn ready(&self) -> Result<()> {
-        self.inner.engine.read().map(|_| ())
+        self.inner.engine.ready()
     }
 }
 

@@ -845,20 +845,28 @@ impl Store for EmbeddedStore {
         self.get2(DLQ, tenant, id)
     }
 
-    async fn dlq_take(&self, tenant: &str, id: &str) -> Result<Option<DlqEntry>> {
+    async fn dlq_remove(&self, tenant: &str, id: &str, failed_at_ms: i64) -> Result<bool> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(DLQ).map_err(storage_err)?;
-                let v = t
-                    .remove((tenant.as_str(), id.as_str()))
+                let current: Option<DlqEntry> = t
+                    .get((tenant.as_str(), id.as_str()))
+                    .map_err(storage_err)?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?;
+                if current.is_none_or(|e| e.failed_at_ms != failed_at_ms) {
+                    return Ok(false);
+                }
+                t.remove((tenant.as_str(), id.as_str()))
                     .map_err(storage_err)?;
-                v.map(|v| from_json(v.value())).transpose()
+                Ok(true)
             })
             .await
     }
 
     async fn ready(&self) -> Result<()> {
+        self.engine.ready()?;
         self.engine.read().map(|_| ())
     }
 }
