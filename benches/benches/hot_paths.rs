@@ -21,6 +21,7 @@ fn request() -> NotificationRequest {
             broadcast: false,
         },
         template: Some("order_shipped".into()),
+        template_version: Some(1),
         data: json!({"order": "A-1042", "items": [{"name": "lamp", "qty": 2}], "eta": "2026-11-24T10:00:00Z"}),
         locale: Some("en".into()),
         title: None,
@@ -50,6 +51,7 @@ fn avro(c: &mut Criterion) {
 
 fn template(c: &mut Criterion) {
     let t = Template {
+        version: 1,
         required: vec!["order".into()],
         inapp: InappTemplate {
             title: "Order {{ order }} shipped".into(),

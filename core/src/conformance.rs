@@ -284,9 +284,34 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         },
         ..Default::default()
     };
-    store.put_template(&t1, "k", &tpl).await.unwrap();
-    assert_eq!(store.template(&t1, "k").await.unwrap().unwrap(), tpl);
+    // templates: each save is a new version; every version stays readable
+    assert_eq!(store.put_template(&t1, "k", &tpl).await.unwrap(), 1);
+    let v1 = Template {
+        version: 1,
+        ..tpl.clone()
+    };
+    assert_eq!(store.template(&t1, "k").await.unwrap().unwrap(), v1);
+    let mut changed = tpl.clone();
+    changed.inapp.title = "changed".into();
+    assert_eq!(store.put_template(&t1, "k", &changed).await.unwrap(), 2);
+    assert_eq!(store.template(&t1, "k").await.unwrap().unwrap().version, 2);
+    assert_eq!(
+        store.template_version(&t1, "k", 1).await.unwrap().unwrap(),
+        v1
+    );
+    assert_eq!(
+        store
+            .template_version(&t1, "k", 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .inapp
+            .title,
+        "changed"
+    );
+    assert!(store.template_version(&t1, "k", 3).await.unwrap().is_none());
     assert!(store.template(&t2, "k").await.unwrap().is_none());
+    assert!(store.template_version(&t2, "k", 1).await.unwrap().is_none());
 
     // idempotency: first claim wins within the ttl, expires after, release undoes; a claim
     // carries its fingerprint and is unconfirmed until confirmed
@@ -441,6 +466,7 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         channels: vec![Channel::Inapp],
         created_at_ms: 5,
         expires_at_ms: None,
+        failure: None,
     };
     store
         .put_messages(std::slice::from_ref(&msg))
@@ -552,6 +578,7 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     for i in 0..3 {
         let e = DlqEntry {
             id: format!("d{i}"),
+            kind: DlqKind::Delivery,
             tenant_id: t1.clone(),
             message_id: "m0".into(),
             user_id: "u1".into(),

@@ -150,6 +150,19 @@ pub fn fail_point(name: &str) {
     let _ = name;
 }
 
+/// A named point where a test build (feature `failpoints`) fails with a permanent error
+/// (`fail_point`) when `TIDINGS_FAIL_POINT` names it; `Ok` in other builds.
+#[inline]
+pub fn fail_point_error(name: &str) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("TIDINGS_FAIL_POINT").is_ok_and(|v| v == name) {
+        return Err(Error::invalid("fail_point", format!("fail point {name}")));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    Ok(())
+}
+
 /// Retry tiers: `short` holds deliveries due within [`SHORT_TIER_MS`], `long` the rest.
 pub const RETRY_TIERS: [&str; 2] = ["short", "long"];
 pub const SHORT_TIER_MS: u64 = 10_000;

@@ -159,6 +159,8 @@ pub struct NotificationRequest {
     pub tenant_id: String,
     pub to: Recipients,
     pub template: Option<String>,
+    /// The template version ingest validated; the router renders exactly this one.
+    pub template_version: Option<u64>,
     /// Template variables (JSON object), or extra data shown with an inline message.
     pub data: serde_json::Value,
     pub locale: Option<String>,
@@ -246,6 +248,10 @@ pub struct MessageRecord {
     pub channels: Vec<Channel>,
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
+    /// Why the router could not route it (`"<code>: <message>"`), after ingest accepted it;
+    /// the request is then in the tenant's dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// Per-user state of an inbox row. Moves forward only: unread, delivered, read; deleted hides it.
@@ -335,6 +341,10 @@ impl DeliveryStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DlqEntry {
     pub id: String,
+    /// What `delivery` holds: a delivery (the default) or a whole request the router could
+    /// not route.
+    #[serde(default)]
+    pub kind: DlqKind,
     pub tenant_id: String,
     pub message_id: String,
     pub user_id: String,
@@ -347,7 +357,23 @@ pub struct DlqEntry {
     pub delivery: Vec<u8>,
 }
 
+/// What a dead letter is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlqKind {
+    /// One delivery to one user on one channel.
+    #[default]
+    Delivery,
+    /// A request the router could not route (`delivery` holds the encoded request).
+    Request,
+}
+
 impl DlqEntry {
+    /// The id of the dead letter of a request the router could not route.
+    pub fn id_for_request(message_id: &str) -> String {
+        format!("{message_id}.request")
+    }
+
     /// The id of the dead letter of `(message, user, channel)`: derived, not random, so a
     /// failure recorded twice (a redelivered record) is one entry. Ids of one message sort
     /// together, and message ids sort by acceptance time.
@@ -378,6 +404,10 @@ pub struct UserProfile {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Template {
+    /// Assigned by the store at each save (1, 2, ...); a send renders the version it was
+    /// validated against, whatever is saved after it.
+    #[serde(default)]
+    pub version: u64,
     /// Variables a send must provide.
     #[serde(default)]
     pub required: Vec<String>,

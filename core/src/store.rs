@@ -93,8 +93,18 @@ pub trait Store: Send + Sync + 'static {
     async fn subscriptions(&self, tenant: &str, user: &str) -> Result<Vec<String>>;
 
     // templates
-    async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<()>;
+    /// Save a new version of a template; returns its version (the previous one plus 1).
+    /// Every version stays readable, so a send accepted against one renders with it.
+    async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<u64>;
+    /// The latest version.
     async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>>;
+    /// One version.
+    async fn template_version(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<Option<Template>>;
 
     // idempotency
     /// Bind `key` to `message_id` and the request's `fingerprint`, unconfirmed, unless it is

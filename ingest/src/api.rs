@@ -275,6 +275,7 @@ async fn message(
         "message_id": m.message_id, "priority": m.priority, "category": m.category,
         "template": m.template, "title": m.title, "body": m.body, "data": m.data,
         "channels": m.channels, "created_at": rfc3339(m.created_at_ms), "recipients": recipients,
+        "status": if m.failure.is_some() { "failed" } else { "routed" }, "error": m.failure,
     })))
 }
 
@@ -340,13 +341,15 @@ async fn put_template(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
-    let tpl: Template = body_json(body, limit(&ctx))?;
+    let mut tpl: Template = body_json(body, limit(&ctx))?;
     template::check(&tpl)?;
     // a template over a bound whatever the data is refused now, not at its first send
     ctx.render(&tpl, &json!({}), None, template::Mode::Trial)
         .await?;
-    ctx.store.put_template(&tenant.id, &key, &tpl).await?;
-    Ok(Json(json!({"key": key, "template": tpl})))
+    tpl.version = ctx.store.put_template(&tenant.id, &key, &tpl).await?;
+    Ok(Json(
+        json!({"key": key, "version": tpl.version, "template": tpl}),
+    ))
 }
 
 async fn get_template(
@@ -421,7 +424,7 @@ async fn dlq_list(
     };
     let items: Vec<Value> = entries
         .iter()
-        .map(|e| json!({"id": e.id, "message_id": e.message_id, "user": e.user_id, "channel": e.channel,
+        .map(|e| json!({"id": e.id, "kind": e.kind, "message_id": e.message_id, "user": e.user_id, "channel": e.channel,
                         "attempts": e.attempts, "error": e.error, "failed_at": rfc3339(e.failed_at_ms)}))
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": next})))
@@ -438,26 +441,41 @@ async fn dlq_replay(
             Error::not_found("dlq_entry_not_found", format!("no dead letter `{id}`"))
         })?;
     let codec = tidings_schemas::codec();
-    let mut d = codec.decode_delivery(&entry.delivery)?;
-    d.attempt = 0;
-    d.due_at_ms = 0;
-    d.last_error = None;
-    let rec = OutRecord::new(
-        ctx.deliveries_topic(d.channel, d.priority),
-        tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
-        codec.encode_delivery(&d),
-    );
-    // on the bus first, then out of the queue: a crash in between leaves the entry to be
-    // replayed again (at least once), never a lost one
-    ctx.bus.append(vec![rec]).await?;
-    tidings_core::fail_point("dlq.after_append");
-    ctx.set_status(
-        &d,
-        DeliveryState::Retrying,
-        entry.attempts,
-        Some(entry.error.clone()),
-    )
-    .await?;
+    match entry.kind {
+        DlqKind::Request => {
+            // a request the router could not route: route it again (its template version,
+            // or the cause, may have been fixed since)
+            let req = codec.decode_request(&entry.delivery)?;
+            let rec = OutRecord::new(
+                ctx.requests_topic(req.priority),
+                req.tenant_id.as_bytes().to_vec(),
+                entry.delivery.clone(),
+            );
+            ctx.bus.append(vec![rec]).await?;
+        }
+        DlqKind::Delivery => {
+            let mut d = codec.decode_delivery(&entry.delivery)?;
+            d.attempt = 0;
+            d.due_at_ms = 0;
+            d.last_error = None;
+            let rec = OutRecord::new(
+                ctx.deliveries_topic(d.channel, d.priority),
+                tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
+                codec.encode_delivery(&d),
+            );
+            // on the bus first, then out of the queue: a crash in between leaves the entry
+            // to be replayed again (at least once), never a lost one
+            ctx.bus.append(vec![rec]).await?;
+            tidings_core::fail_point("dlq.after_append");
+            ctx.set_status(
+                &d,
+                DeliveryState::Retrying,
+                entry.attempts,
+                Some(entry.error.clone()),
+            )
+            .await?;
+        }
+    }
     ctx.store
         .dlq_remove(&tenant.id, &id, entry.failed_at_ms)
         .await?;

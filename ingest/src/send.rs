@@ -112,7 +112,7 @@ pub async fn validate(
             "data: must be a JSON object",
         ));
     }
-    match &body.template {
+    let template_version = match &body.template {
         Some(key) => {
             let tpl = ctx.store.template(&tenant.id, key).await?.ok_or_else(|| {
                 Error::invalid(
@@ -122,6 +122,8 @@ pub async fn validate(
             })?;
             ctx.render(&tpl, &data, body.locale.as_deref(), template::Mode::Strict)
                 .await?;
+            // the router renders this version, whatever is saved meanwhile
+            Some(tpl.version.max(1))
         }
         None => {
             if body.title.as_deref().unwrap_or("").is_empty()
@@ -132,8 +134,9 @@ pub async fn validate(
                     "give a template, or a title or body",
                 ));
             }
+            None
         }
-    }
+    };
     if body.ttl_seconds.is_some_and(|t| t <= 0) {
         return Err(Error::invalid(
             "invalid_ttl",
@@ -167,6 +170,7 @@ pub async fn validate(
         tenant_id: tenant.id.clone(),
         to: body.to,
         template: body.template,
+        template_version,
         data,
         locale: body.locale,
         title: body.title,
@@ -195,6 +199,8 @@ pub fn fingerprint(req: &NotificationRequest) -> String {
     let mut r = req.clone();
     r.message_id.clear();
     r.accepted_at_ms = 0;
+    // set by ingest, not the producer: a template saved between two retries is no conflict
+    r.template_version = None;
     let canonical = tidings_schemas::codec().encode_request(&r);
     hex::encode(Sha256::digest(&canonical))
 }

@@ -64,6 +64,7 @@ pub async fn attempt_failed(
             let encoded = codec.encode_delivery(&d);
             let entry = DlqEntry {
                 id: DlqEntry::id_for(&d.message_id, &d.user_id, d.channel),
+                kind: DlqKind::Delivery,
                 tenant_id: d.tenant_id.clone(),
                 message_id: d.message_id.clone(),
                 user_id: d.user_id.clone(),

@@ -27,6 +27,7 @@ struct Prepared {
 
 async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
     let req = tidings_schemas::codec().decode_request(&r.value)?;
+    tidings_core::fail_point_error("router.prepare")?;
     if ctx.store.tenant(&req.tenant_id).await?.is_none() {
         return Err(Error::invalid(
             "tenant_not_found",
@@ -35,13 +36,14 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
     }
     let (title, body, payload) = match &req.template {
         Some(key) => {
-            let tpl = ctx
-                .store
-                .template(&req.tenant_id, key)
-                .await?
-                .ok_or_else(|| {
-                    Error::invalid("template_not_found", format!("template `{key}` is gone"))
-                })?;
+            // the version ingest validated (requests from before versions: the latest)
+            let tpl = match req.template_version {
+                Some(v) => ctx.store.template_version(&req.tenant_id, key, v).await?,
+                None => ctx.store.template(&req.tenant_id, key).await?,
+            }
+            .ok_or_else(|| {
+                Error::invalid("template_not_found", format!("template `{key}` is gone"))
+            })?;
             let r = ctx
                 .render(
                     &tpl,
@@ -64,6 +66,49 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
         body,
         payload,
     })
+}
+
+/// A request that was accepted but cannot be routed: its message record says `failed` with
+/// the reason (`GET /v1/messages/{id}`), and the request goes to the tenant's dead-letter
+/// queue, from where it can be replayed.
+async fn record_failure(
+    ctx: &Context,
+    req: &NotificationRequest,
+    record: &Record,
+    e: &Error,
+) -> Result<()> {
+    let reason = format!("{}: {}", e.code, e.message);
+    let message = MessageRecord {
+        tenant_id: req.tenant_id.clone(),
+        message_id: req.message_id.clone(),
+        priority: req.priority,
+        category: req.category.clone(),
+        template: req.template.clone(),
+        title: req.title.clone().unwrap_or_default(),
+        body: req.body.clone().unwrap_or_default(),
+        data: req.data.clone(),
+        channels: req.channels.clone(),
+        created_at_ms: req.accepted_at_ms,
+        expires_at_ms: None,
+        failure: Some(reason.clone()),
+    };
+    let entry = DlqEntry {
+        id: DlqEntry::id_for_request(&req.message_id),
+        kind: DlqKind::Request,
+        tenant_id: req.tenant_id.clone(),
+        message_id: req.message_id.clone(),
+        user_id: String::new(),
+        channel: req.channels.first().copied().unwrap_or(Channel::Inapp),
+        attempts: 1,
+        error: reason,
+        failed_at_ms: now_ms(),
+        delivery: record.value.clone(),
+    };
+    // the entry first: once the message reads `failed`, its dead letter is there
+    ctx.store.dlq_put(&entry).await?;
+    ctx.store
+        .put_messages(std::slice::from_ref(&message))
+        .await
 }
 
 /// A group of recipients read from the store page by page.
@@ -105,7 +150,14 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                 metrics::counter!(ROUTER_DEAD_TOTAL).increment(1);
                 metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid")
                     .increment(1);
-                ctx.dead_letter(r, &e).await?;
+                match tidings_schemas::codec().decode_request(&r.value) {
+                    // accepted with a 202: the producer must be able to see it failed
+                    Ok(req) => record_failure(ctx, &req, r, &e).await?,
+                    // not even readable: only operators can look at it
+                    Err(_) => {
+                        ctx.dead_letter(r, &e).await?;
+                    }
+                }
             }
         }
     }
@@ -127,6 +179,7 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
             channels: p.req.channels.clone(),
             created_at_ms: p.req.accepted_at_ms,
             expires_at_ms: p.req.ttl_seconds.map(|t| p.req.accepted_at_ms + t * 1000),
+            failure: None,
         })
         .collect();
     // the message records and the first recipients' rows go into the same group commit

@@ -13,6 +13,9 @@ use tidings_core::model::*;
 use tidings_core::{Error, Result};
 
 pub const NOTIFICATION_REQUEST_AVSC: &str = include_str!("../avro/NotificationRequest.avsc");
+/// The first version of `NotificationRequest` (without `template_version`): records written
+/// with it (id 1) still decode, by Avro schema resolution.
+pub const NOTIFICATION_REQUEST_V1_AVSC: &str = include_str!("../avro/NotificationRequest.v1.avsc");
 pub const DELIVERY_AVSC: &str = include_str!("../avro/Delivery.avsc");
 pub const DELIVERY_EVENT_AVSC: &str = include_str!("../avro/DeliveryEvent.avsc");
 pub const MANIFEST: &str = include_str!("../manifest.json");
@@ -26,6 +29,8 @@ pub struct SchemaInfo {
     pub subject: &'static str,
     pub text: &'static str,
     pub schema: Schema,
+    /// Earlier versions (id, writer schema) whose records decode into this one.
+    pub older: Vec<(u32, Schema)>,
 }
 
 /// The three schemas, parsed once.
@@ -54,13 +59,19 @@ pub fn codec() -> &'static Codec {
             subject,
             text,
             schema: Schema::parse_str(text).expect("bundled schemas parse"),
+            older: Vec::new(),
         };
+        let mut request = info(
+            "NotificationRequest",
+            "ingest-value",
+            NOTIFICATION_REQUEST_AVSC,
+        );
+        request.older.push((
+            id_of("NotificationRequest.v1"),
+            Schema::parse_str(NOTIFICATION_REQUEST_V1_AVSC).expect("bundled schemas parse"),
+        ));
         Codec {
-            request: info(
-                "NotificationRequest",
-                "ingest-value",
-                NOTIFICATION_REQUEST_AVSC,
-            ),
+            request,
             delivery: info("Delivery", "deliveries-value", DELIVERY_AVSC),
             event: info("DeliveryEvent", "events-value", DELIVERY_EVENT_AVSC),
         }
@@ -102,13 +113,18 @@ fn encode(info: &SchemaInfo, value: Value) -> Vec<u8> {
 
 fn decode(info: &SchemaInfo, bytes: &[u8]) -> Result<Vec<(String, Value)>> {
     let (id, mut body) = unframe(bytes)?;
-    if id != info.id {
+    let decoded = if id == info.id {
+        from_avro_datum(&info.schema, &mut body, None)
+    } else if let Some((_, writer)) = info.older.iter().find(|(old, _)| *old == id) {
+        // written with an earlier version: resolve it into the current one
+        from_avro_datum(writer, &mut body, Some(&info.schema))
+    } else {
         return Err(bad(format!(
             "schema id {id} is not {} ({})",
             info.id, info.name
         )));
-    }
-    match from_avro_datum(&info.schema, &mut body, None) {
+    };
+    match decoded {
         Ok(Value::Record(fields)) => {
             if !body.is_empty() {
                 return Err(bad(format!(
@@ -240,6 +256,10 @@ impl Codec {
                 ("to_tags", arr(&r.to.tags)),
                 ("broadcast", Value::Boolean(r.to.broadcast)),
                 ("template", opt_s(&r.template)),
+                (
+                    "template_version",
+                    opt_l(r.template_version.map(|v| v as i64)),
+                ),
                 ("data_json", s(&r.data.to_string())),
                 ("locale", opt_s(&r.locale)),
                 ("title", opt_s(&r.title)),
@@ -267,6 +287,7 @@ impl Codec {
                 broadcast: matches!(f.get("broadcast")?, Value::Boolean(true)),
             },
             template: f.opt_str("template")?,
+            template_version: f.opt_long("template_version")?.map(|v| v.max(0) as u64),
             data: f.json("data_json")?,
             locale: f.opt_str("locale")?,
             title: f.opt_str("title")?,
@@ -395,11 +416,13 @@ mod tests {
             body in opt_string(), priority in any_priority(), key in opt_string(),
             ttl in prop::option::of(any::<i64>()), send_at in prop::option::of(any::<i64>()),
             accepted in any::<i64>(), n in any::<i32>(), webhook in any::<bool>(),
+            version in prop::option::of(0u64..1 << 40),
         ) -> NotificationRequest {
             NotificationRequest {
                 message_id: id, tenant_id: tenant,
                 to: Recipients { users, topics, tags: vec![], broadcast },
-                template, data: serde_json::json!({"n": n}), locale: None, title, body, priority,
+                template, template_version: version, data: serde_json::json!({"n": n}), locale: None,
+                title, body, priority,
                 category: Some("c".into()),
                 channels: if webhook { vec![Channel::Inapp, Channel::Webhook] } else { vec![] },
                 idempotency_key: key, ttl_seconds: ttl, send_at_ms: send_at, accepted_at_ms: accepted,
@@ -438,6 +461,46 @@ mod tests {
             let _ = c.decode_delivery(&bytes);
             let _ = c.decode_event(&bytes);
         }
+    }
+
+    /// A record written with version 1 of the schema (before `template_version`) decodes,
+    /// with the new field at its default.
+    #[test]
+    fn first_version_records_still_decode() {
+        let c = codec();
+        let v1 = Schema::parse_str(NOTIFICATION_REQUEST_V1_AVSC).unwrap();
+        let fields = vec![
+            ("message_id", opt_s(&Some("m1".into()))),
+            ("tenant_id", s("t")),
+            ("to_users", arr(&["u".into()])),
+            ("to_topics", arr(&[])),
+            ("to_tags", arr(&[])),
+            ("broadcast", Value::Boolean(false)),
+            ("template", opt_s(&Some("k".into()))),
+            ("data_json", s("{}")),
+            ("locale", opt_s(&None)),
+            ("title", opt_s(&None)),
+            ("body", opt_s(&None)),
+            ("priority", prio(Priority::Low)),
+            ("category", opt_s(&None)),
+            ("channels", arr(&["inapp".into()])),
+            ("idempotency_key", opt_s(&None)),
+            ("ttl_seconds", opt_l(None)),
+            ("send_at_ms", opt_l(None)),
+            ("accepted_at_ms", Value::Long(5)),
+        ];
+        let body = to_avro_datum(&v1, rec(fields)).unwrap();
+        let r = c.decode_request(&frame(1, &body)).unwrap();
+        assert_eq!(r.message_id, "m1");
+        assert_eq!(r.template.as_deref(), Some("k"));
+        assert_eq!(r.template_version, None);
+        assert_eq!(r.priority, Priority::Low);
+        // and the current version carries it
+        let mut r2 = r.clone();
+        r2.template_version = Some(3);
+        let bytes = c.encode_request(&r2);
+        assert_eq!(&bytes[1..5], &4u32.to_be_bytes());
+        assert_eq!(c.decode_request(&bytes).unwrap(), r2);
     }
 
     #[test]

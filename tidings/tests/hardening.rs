@@ -793,3 +793,88 @@ async fn a_full_disk_is_not_ready_and_recovers_without_a_restart() {
         .await;
     assert_eq!(ws.next_message(10 * SEC).await.unwrap()["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_renders_the_template_version_it_was_validated_against() {
+    let s = Server::start(&[]).await;
+    let t = s.tenant().await;
+    let v1 = json!({"required": ["order"], "inapp": {"title": "v1 {{ order }}", "body": "b"}});
+    let v2 = json!({"required": ["parcel"], "inapp": {"title": "v2 {{ parcel }}", "body": "b"}});
+    let (st, v) = s
+        .api(&t, "PUT", "/v1/templates/ship", Some(v1.clone()))
+        .await;
+    assert_eq!((st, v["version"].as_u64()), (200, Some(1)), "{v}");
+    let mut ws = Ws::connect(&s, &t.token("u")).await;
+    // sends validated against version 1, with the template changed under them (the probe
+    // lost 29 of 50 this way)
+    let mut want = std::collections::HashMap::new();
+    for i in 0..50 {
+        let (tpl, data, title) = if i % 2 == 0 {
+            (&v1, json!({"order": i}), format!("v1 {i}"))
+        } else {
+            (&v2, json!({"parcel": i}), format!("v2 {i}"))
+        };
+        s.api(&t, "PUT", "/v1/templates/ship", Some(tpl.clone()))
+            .await;
+        let id = s
+            .send(
+                &t,
+                json!({"to": {"users": ["u"]}, "template": "ship", "data": data}),
+            )
+            .await;
+        want.insert(id, title);
+    }
+    while !want.is_empty() {
+        let m = ws.next_message(10 * SEC).await.expect("a send was lost");
+        let id = m["id"].as_str().unwrap();
+        assert_eq!(want.remove(id).as_deref(), m["title"].as_str(), "{m}");
+    }
+    let (_, dlq) = s.api(&t, "GET", "/v1/dlq", None).await;
+    assert!(dlq["items"].as_array().unwrap().is_empty(), "{dlq}");
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_fails_after_its_202_is_visible_and_replayable() {
+    let mut s = Server::start(&[("TIDINGS_FAIL_POINT", "router.prepare")]).await;
+    let t = s.tenant().await;
+    let id = s
+        .send(&t, json!({"to": {"users": ["u"]}, "title": "late failure"}))
+        .await;
+    // the producer sees it failed, with the reason, and finds it in its dead-letter queue
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let (st, m) = s.api(&t, "GET", &format!("/v1/messages/{id}"), None).await;
+        if st == 200 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the failed send is not visible");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["error"].as_str().unwrap().starts_with("fail_point"),
+        "{m}"
+    );
+    let (_, dlq) = s.api(&t, "GET", "/v1/dlq", None).await;
+    let items = dlq["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{dlq}");
+    assert_eq!(
+        (items[0]["kind"].as_str(), items[0]["message_id"].as_str()),
+        (Some("request"), Some(id.as_str()))
+    );
+    // once the cause is gone, a replay routes it
+    s.set_env("TIDINGS_FAIL_POINT", "");
+    s.restart().await;
+    let mut ws = Ws::connect(&s, &t.token("u")).await;
+    let entry = items[0]["id"].as_str().unwrap();
+    let (st, _) = s
+        .api(&t, "POST", &format!("/v1/dlq/{entry}/replay"), None)
+        .await;
+    assert_eq!(st, 202);
+    assert_eq!(ws.next_message(10 * SEC).await.unwrap()["id"], id.as_str());
+    let (_, m) = s.api(&t, "GET", &format!("/v1/messages/{id}"), None).await;
+    assert_eq!(m["status"], "routed", "{m}");
+    let (_, dlq) = s.api(&t, "GET", "/v1/dlq", None).await;
+    assert!(dlq["items"].as_array().unwrap().is_empty(), "{dlq}");
+}

@@ -38,6 +38,11 @@ const STATUS: TableDefinition<
     &'static [u8],
 > = TableDefinition::new("delivery_status");
 const DLQ: T2 = TableDefinition::new("dlq");
+const TEMPLATE_VERSIONS: TableDefinition<
+    'static,
+    (&'static str, &'static str, u64),
+    &'static [u8],
+> = TableDefinition::new("template_versions");
 
 /// An idempotency key's binding.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -105,6 +110,7 @@ impl EmbeddedStore {
                 txn.open_table(t).map_err(storage_err)?;
             }
             txn.open_table(INBOX).map_err(storage_err)?;
+            txn.open_table(TEMPLATE_VERSIONS).map_err(storage_err)?;
             txn.open_table(INBOX_INDEX).map_err(storage_err)?;
             txn.open_table(USER_SEQ).map_err(storage_err)?;
             txn.open_table(UNREAD).map_err(storage_err)?;
@@ -473,16 +479,46 @@ impl Store for EmbeddedStore {
         Ok(self.page3(USER_SUBS, tenant, user, None, usize::MAX)?.items)
     }
 
-    async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<()> {
-        let (tenant, key, raw) = (tenant.to_string(), key.to_string(), to_json(template)?);
+    async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<u64> {
+        let (tenant, key, mut template) = (tenant.to_string(), key.to_string(), template.clone());
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(TEMPLATES).map_err(storage_err)?;
+                let latest: Option<Template> = t
+                    .get((tenant.as_str(), key.as_str()))
+                    .map_err(storage_err)?
+                    .map(|v| from_json(v.value()))
+                    .transpose()?;
+                // templates saved before versions existed count as version 1
+                template.version = latest.map_or(1, |l| l.version.max(1) + 1);
+                let raw = to_json(&template)?;
                 t.insert((tenant.as_str(), key.as_str()), raw.as_slice())
                     .map_err(storage_err)?;
-                Ok(())
+                let mut v = txn.open_table(TEMPLATE_VERSIONS).map_err(storage_err)?;
+                v.insert(
+                    (tenant.as_str(), key.as_str(), template.version),
+                    raw.as_slice(),
+                )
+                .map_err(storage_err)?;
+                Ok(template.version)
             })
             .await
+    }
+
+    async fn template_version(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<Option<Template>> {
+        let r = self.engine.read()?;
+        let t = r.open_table(TEMPLATE_VERSIONS).map_err(storage_err)?;
+        if let Some(v) = t.get((tenant, key, version)).map_err(storage_err)? {
+            return from_json(v.value()).map(Some);
+        }
+        // a template saved before versions existed is its own version 1
+        let latest: Option<Template> = self.get2(TEMPLATES, tenant, key)?;
+        Ok(latest.filter(|l| l.version.max(1) == version))
     }
 
     async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>> {
