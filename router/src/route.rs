@@ -106,9 +106,7 @@ async fn record_failure(
     };
     // the entry first: once the message reads `failed`, its dead letter is there
     ctx.store.dlq_put(&entry).await?;
-    ctx.store
-        .put_messages(std::slice::from_ref(&message))
-        .await
+    ctx.store.put_messages(std::slice::from_ref(&message)).await
 }
 
 /// A group of recipients read from the store page by page.

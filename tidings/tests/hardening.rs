@@ -878,3 +878,48 @@ async fn a_send_that_fails_after_its_202_is_visible_and_replayable() {
     let (_, dlq) = s.api(&t, "GET", "/v1/dlq", None).await;
     assert!(dlq["items"].as_array().unwrap().is_empty(), "{dlq}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_webhook_endpoint_does_not_delay_another_tenant() {
+    use axum::routing::post;
+    let s = Server::start(&[("TIDINGS_WEBHOOK_TIMEOUT_MS", "2000")]).await;
+    // tenant A's endpoint never answers
+    let hang = axum::Router::new().route(
+        "/hook",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, hang).await.unwrap() });
+    let a = s
+        .tenant_with(json!({"name": "a", "webhook_url": hang_url}))
+        .await;
+    let rx = receiver(vec![200]).await;
+    let b = s
+        .tenant_with(json!({"name": "b", "webhook_url": rx.url}))
+        .await;
+    let users: Vec<String> = (0..600).map(|i| format!("u{i}")).collect();
+    s.send(
+        &a,
+        json!({"to": {"users": users}, "title": "a", "channels": ["webhook"]}),
+    )
+    .await;
+    // let A's deliveries reach the webhook lane first
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let id = s
+        .send(
+            &b,
+            json!({"to": {"users": ["v"]}, "title": "b", "channels": ["webhook"]}),
+        )
+        .await;
+    wait_status(&s, &b, &id, "delivered").await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1900),
+        "tenant B waited {took:?} behind tenant A's endpoint"
+    );
+}

@@ -12,14 +12,18 @@
 //! stage; any other 4xx, and any 3xx (redirects are never followed), is permanent and goes to
 //! the dead-letter queue. Requests go through the egress guard ([`super::http_client`]).
 
-use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tidings_core::metrics_names::DELIVERY_ATTEMPTS_TOTAL;
 use tidings_core::model::*;
 use tidings_core::{Context, Result};
+use tidings_retry::hold::Pending;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -111,7 +115,30 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
     crate::per_lane(&ctx, Channel::Webhook, shutdown, lane).await
 }
 
+/// Deliveries read and not yet finished, per lane; past it the lane stops reading.
+const MAX_IN_FLIGHT: usize = 4096;
+/// A tenant with this many times its concurrency waiting has the rest deferred to the retry
+/// stage (no attempt counted), so its backlog never fills the lane.
+const TENANT_BACKLOG: usize = 8;
+/// How long a deferred delivery waits before it is offered again.
+const DEFER: Duration = Duration::from_secs(1);
+/// Offsets are committed at least this often while deliveries complete.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// One tenant's share of a lane: its own concurrency bound, and how many of its deliveries
+/// are waiting or running.
+#[derive(Clone)]
+struct Share {
+    permits: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+}
+
 /// Post the deliveries of one topic (urgent, or the rest).
+///
+/// Each delivery runs in a task of its own under two bounds: the lane's `webhook.concurrency`
+/// and its tenant's `webhook.per_tenant_concurrency`, so a slow or hanging endpoint holds
+/// only its own tenant's share and nobody waits behind it. The lane keeps reading while
+/// posts run, and commits each partition up to its oldest unfinished delivery.
 async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Result<()> {
     let mut consumer = ctx.bus.consumer(crate::GROUP, &topic).await?;
     let client = super::http_client(
@@ -119,46 +146,105 @@ async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Resul
         Duration::from_millis(ctx.config.webhook.timeout_ms),
     )?;
     let concurrency = ctx.config.webhook.concurrency.max(1);
+    let per_tenant = ctx.config.webhook.per_tenant_concurrency.max(1);
+    let global = Arc::new(Semaphore::new(concurrency));
+    let mut shares: HashMap<String, Share> = HashMap::new();
+    let mut pending = Pending::default();
+    let mut running: JoinSet<(u32, u64, Result<()>)> = JoinSet::new();
+    let mut last_commit = Instant::now();
+    let mut committed: Vec<(u32, u64)> = Vec::new();
     let codec = tidings_schemas::codec();
     loop {
-        let records = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = consumer.poll(concurrency * 4, Duration::from_secs(1)) => r?,
-        };
-        if records.is_empty() {
-            continue;
-        }
-        let mut tenants: HashMap<String, Option<Tenant>> = HashMap::new();
-        let mut jobs = Vec::new();
-        for r in &records {
-            let d = match codec.decode_delivery(&r.value) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "undecodable webhook delivery skipped");
-                    continue;
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                // posts in flight finish (bounded by the request timeout); then commit
+                while let Some(done) = running.join_next().await {
+                    if let Ok((p, o, Ok(()))) = done {
+                        pending.done(p, o);
+                    }
                 }
-            };
-            if !tenants.contains_key(&d.tenant_id) {
-                let t = ctx.store.tenant(&d.tenant_id).await?;
-                tenants.insert(d.tenant_id.clone(), t);
+                consumer.commit(&pending.committable()).await?;
+                return Ok(());
             }
-            let tenant = tenants.get(&d.tenant_id).cloned().flatten();
-            jobs.push((d, tenant));
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let (p, o, result) = done
+                    .map_err(|e| tidings_core::Error::internal(format!("a webhook post panicked: {e}")))?;
+                // a failure to record an outcome (store or bus down) restarts the lane; what
+                // was not committed is posted again
+                result?;
+                pending.done(p, o);
+            }
+            records = consumer.poll(concurrency * 4, Duration::from_secs(1)), if pending.len() < MAX_IN_FLIGHT => {
+                for r in records? {
+                    pending.read(r.partition, r.offset);
+                    let d = match codec.decode_delivery(&r.value) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable webhook delivery dead-lettered");
+                            ctx.dead_letter(&r, &e).await?;
+                            pending.done(r.partition, r.offset);
+                            continue;
+                        }
+                    };
+                    let share = shares
+                        .entry(d.tenant_id.clone())
+                        .or_insert_with(|| Share {
+                            permits: Arc::new(Semaphore::new(per_tenant)),
+                            queued: Arc::default(),
+                        })
+                        .clone();
+                    let (ctx, client, global) = (ctx.clone(), client.clone(), global.clone());
+                    let (p, o) = (r.partition, r.offset);
+                    share.queued.fetch_add(1, Ordering::Relaxed);
+                    running.spawn(async move {
+                        let result = post_in_share(&ctx, &client, &global, &share, per_tenant, d).await;
+                        share.queued.fetch_sub(1, Ordering::Relaxed);
+                        (p, o, result)
+                    });
+                }
+                // forget tenants with nothing queued
+                if shares.len() > 1024 {
+                    shares.retain(|_, s| s.queued.load(Ordering::Relaxed) > 0);
+                }
+            }
         }
-        let span = tracing::info_span!("delivery", channel = "webhook", records = jobs.len());
-        let results: Vec<Result<()>> = futures::stream::iter(jobs)
-            .map(|(d, tenant)| {
-                let (ctx, client) = (&ctx, &client);
-                async move { attempt(ctx, client, d, tenant).await }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .instrument(span)
-            .await;
-        // a failure to record an outcome (store or bus down) leaves the batch uncommitted
-        results.into_iter().collect::<Result<Vec<()>>>()?;
-        consumer.commit_records(&records).await?;
+        if last_commit.elapsed() >= COMMIT_EVERY || running.is_empty() {
+            let offsets = pending.committable();
+            if offsets != committed {
+                consumer.commit(&offsets).await?;
+                committed = offsets;
+            }
+            last_commit = Instant::now();
+        }
     }
+}
+
+/// Post `d` within its tenant's share, or defer it when the tenant's backlog is full.
+async fn post_in_share(
+    ctx: &Context,
+    client: &reqwest::Client,
+    global: &Semaphore,
+    share: &Share,
+    per_tenant: usize,
+    d: Delivery,
+) -> Result<()> {
+    if share.queued.load(Ordering::Relaxed) > per_tenant * TENANT_BACKLOG {
+        metrics::counter!(DELIVERY_ATTEMPTS_TOTAL, "channel" => "webhook", "outcome" => "deferred")
+            .increment(1);
+        return tidings_retry::fail::defer(ctx, d, DEFER).await;
+    }
+    let _mine = share
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| tidings_core::Error::internal("tenant share closed"))?;
+    let _lane = global
+        .acquire()
+        .await
+        .map_err(|_| tidings_core::Error::internal("lane closed"))?;
+    let tenant = ctx.store.tenant(&d.tenant_id).await?;
+    let span = tracing::info_span!("delivery", channel = "webhook");
+    attempt(ctx, client, d, tenant).instrument(span).await
 }
 
 async fn attempt(
