@@ -162,10 +162,13 @@ async fn write(
     msg: Message,
     deadline: Duration,
 ) -> bool {
-    matches!(
-        tokio::time::timeout(deadline, sink.send(msg)).await,
-        Ok(Ok(()))
-    )
+    let send = sink.send(msg);
+    tokio::pin!(send);
+    // most writes complete at once: arm the deadline's timer only for one that waits
+    if let std::task::Poll::Ready(r) = futures::poll!(send.as_mut()) {
+        return r.is_ok();
+    }
+    matches!(tokio::time::timeout(deadline, send).await, Ok(Ok(())))
 }
 
 struct Conn {
