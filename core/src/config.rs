@@ -225,9 +225,10 @@ impl Default for WebSocketConfig {
 pub struct WebhookConfig {
     /// Per-request timeout, milliseconds.
     pub timeout_ms: u64,
-    /// Concurrent webhook requests per delivery node.
+    /// Concurrent webhook requests per lane (urgent, and the rest) of a delivery node.
     pub concurrency: usize,
-    /// Concurrent webhook requests of one tenant: a slow endpoint holds only its own share.
+    /// Concurrent webhook requests of one tenant per lane: a slow endpoint holds only its
+    /// own share.
     pub per_tenant_concurrency: usize,
 }
 
@@ -286,6 +287,9 @@ pub struct HttpConfig {
     /// A client must send a request's headers within this long of connecting or of the
     /// previous response, milliseconds: slow senders and idle keep-alive connections close.
     pub header_read_timeout_ms: u64,
+    /// A request must be read and answered within this long, milliseconds (a body that
+    /// trickles in is cut off; WebSockets live on after their upgrade).
+    pub request_timeout_ms: u64,
     /// Most open HTTP connections (WebSockets included); kept below the open-file limit.
     pub max_connections: usize,
 }
@@ -294,6 +298,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
             max_connections: 250_000,
         }
     }
@@ -373,6 +378,7 @@ const ENV_KEYS: &[&str] = &[
     "TIDINGS_TEMPLATE_TIMEOUT_MS",
     "TIDINGS_HTTP_HEADER_READ_TIMEOUT_MS",
     "TIDINGS_HTTP_MAX_CONNECTIONS",
+    "TIDINGS_HTTP_REQUEST_TIMEOUT_MS",
     "TIDINGS_WS_MAX_CONNECTIONS_PER_USER",
     "TIDINGS_WS_WRITE_TIMEOUT_SECONDS",
 ];
@@ -450,6 +456,7 @@ impl Config {
                     self.http.header_read_timeout_ms = num(&v)?
                 }
                 "TIDINGS_HTTP_MAX_CONNECTIONS" => self.http.max_connections = num(&v)? as usize,
+                "TIDINGS_HTTP_REQUEST_TIMEOUT_MS" => self.http.request_timeout_ms = num(&v)?,
                 "TIDINGS_WS_MAX_CONNECTIONS_PER_USER" => {
                     self.websocket.max_connections_per_user = num(&v)? as usize
                 }
@@ -520,8 +527,11 @@ impl Config {
                     .into(),
             );
         }
-        if self.http.header_read_timeout_ms == 0 || self.http.max_connections == 0 {
-            return bad("http: header_read_timeout_ms and max_connections must be positive".into());
+        if self.http.header_read_timeout_ms == 0
+            || self.http.request_timeout_ms == 0
+            || self.http.max_connections == 0
+        {
+            return bad("http: header_read_timeout_ms, request_timeout_ms and max_connections must be positive".into());
         }
         if self.webhook.per_tenant_concurrency == 0 || self.webhook.concurrency == 0 {
             return bad("webhook: concurrency and per_tenant_concurrency must be positive".into());

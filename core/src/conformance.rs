@@ -168,10 +168,57 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         .await
         .unwrap()
         .is_none());
-    let mut updated = got.clone();
-    updated.webhook_url = Some("http://x".into());
-    store.update_tenant(&updated).await.unwrap();
-    assert_eq!(store.tenant(&t1).await.unwrap().unwrap(), updated);
+    let replace = |t: Tenant| -> crate::store::TenantChange {
+        Box::new(move |stored: &mut Tenant| {
+            *stored = t;
+            Ok(())
+        })
+    };
+    // changes of different fields do not undo each other; a failing change changes nothing
+    store
+        .modify_tenant(
+            &t1,
+            Box::new(|t: &mut Tenant| {
+                t.webhook_url = Some("http://x".into());
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    store
+        .modify_tenant(
+            &t1,
+            Box::new(|t: &mut Tenant| {
+                t.name = "renamed".into();
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let e = store
+        .modify_tenant(
+            &t1,
+            Box::new(|t: &mut Tenant| {
+                t.name = "never".into();
+                Err(crate::Error::invalid("nope", "refused"))
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "nope");
+    let updated = store.tenant(&t1).await.unwrap().unwrap();
+    assert_eq!(
+        (updated.webhook_url.as_deref(), updated.name.as_str()),
+        (Some("http://x"), "renamed")
+    );
+    assert_eq!(
+        store
+            .modify_tenant("nobody", replace(updated.clone()))
+            .await
+            .unwrap_err()
+            .code,
+        "tenant_not_found"
+    );
     // a rotation: the new key and the previous one both find the tenant; a second rotation
     // drops the first key
     let mut rotated = updated.clone();
@@ -182,7 +229,10 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         until_ms: 10,
     });
     rotated.api_key_hash = format!("hash2-{t1}");
-    store.update_tenant(&rotated).await.unwrap();
+    store
+        .modify_tenant(&t1, replace(rotated.clone()))
+        .await
+        .unwrap();
     for h in [format!("hash-{t1}"), format!("hash2-{t1}")] {
         let found = store.tenant_by_api_key_hash(&h).await.unwrap();
         assert_eq!(found.map(|t| t.id), Some(t1.clone()), "{h}");
@@ -190,7 +240,10 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     let mut again = rotated.clone();
     again.previous.as_mut().unwrap().api_key_hash = rotated.api_key_hash.clone();
     again.api_key_hash = format!("hash3-{t1}");
-    store.update_tenant(&again).await.unwrap();
+    store
+        .modify_tenant(&t1, replace(again.clone()))
+        .await
+        .unwrap();
     assert!(store
         .tenant_by_api_key_hash(&format!("hash-{t1}"))
         .await

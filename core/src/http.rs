@@ -21,6 +21,7 @@ impl ApiError {
             ErrorKind::Invalid if self.0.code.starts_with("invalid_json") => {
                 StatusCode::BAD_REQUEST
             }
+            ErrorKind::Invalid if self.0.code == "request_timeout" => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,

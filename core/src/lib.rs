@@ -36,20 +36,23 @@ pub struct Context {
     pub bus: Arc<dyn bus::Bus>,
     pub store: Arc<dyn store::Store>,
     pub presence: Arc<dyn presence::Presence>,
-    /// Bounded rendering of tenant templates.
+    /// Bounded rendering of tenant templates for the API (previews, saves, sends).
     pub templates: Arc<template::Renderer>,
+    /// The router's own renderer: API traffic never stalls routing.
+    pub route_templates: Arc<template::Renderer>,
 }
 
 impl Context {
-    /// Render a tenant template under the configured bounds (see [`template`]).
+    /// Render a tenant's template for the API under the configured bounds (see [`template`]).
     pub async fn render(
         &self,
+        tenant: &str,
         tpl: &model::Template,
         data: &serde_json::Value,
         locale: Option<&str>,
         mode: template::Mode,
     ) -> Result<template::Rendered> {
-        self.templates.render(tpl, data, locale, mode).await
+        self.templates.render(tenant, tpl, data, locale, mode).await
     }
 
     /// `<prefix>.requests.<priority>`

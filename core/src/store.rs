@@ -33,6 +33,9 @@ pub struct AppendedRow {
     pub fresh: bool,
 }
 
+/// An edit of a stored tenant, for [`Store::modify_tenant`].
+pub type TenantChange = Box<dyn FnOnce(&mut Tenant) -> Result<()> + Send>;
+
 /// Result of claiming an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -60,7 +63,10 @@ pub struct Page<T> {
 pub trait Store: Send + Sync + 'static {
     // tenants
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
-    async fn update_tenant(&self, tenant: &Tenant) -> Result<()>;
+    /// Change a tenant in one write: `change` edits the stored tenant (its error aborts the
+    /// change), and the API-key index follows its current and previous keys. Concurrent
+    /// changes never undo each other (a webhook update cannot bring back a rotated key).
+    async fn modify_tenant(&self, id: &str, change: TenantChange) -> Result<Tenant>;
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
     async fn tenant_by_api_key_hash(&self, hash: &str) -> Result<Option<Tenant>>;
 

@@ -372,12 +372,43 @@ enum Place {
 }
 
 /// Bounded rendering for the server: at most `concurrency` renders at once, each under the
-/// time limit, off the async workers. See the module docs.
+/// time limit, off the async workers. See the module docs. The server keeps two: one for the
+/// API (previews, saves, sends), where each tenant runs at most its share at once and a
+/// render that cannot start within the time limit is refused (`render_busy`, 503), and one
+/// for the router, so that API traffic never stalls routing.
 pub struct Renderer {
     place: Place,
     bounds: Bounds,
     timeout: Duration,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Most renders of one tenant running at once (API renderer only); more wait in line.
+    per_tenant: Option<usize>,
+    busy: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A tenant's turn among the renders in progress; its line is forgotten once empty.
+struct TenantSlot<'a> {
+    busy: &'a Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    tenant: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    share: usize,
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = busy
+            .get(&self.tenant)
+            .is_some_and(|s| Arc::strong_count(s) == 1 && s.available_permits() == self.share);
+        if idle {
+            busy.remove(&self.tenant);
+        }
+    }
+}
+
+fn render_busy(m: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unavailable, "render_busy", m)
 }
 
 impl Renderer {
@@ -387,8 +418,17 @@ impl Renderer {
             place: Place::InProcess(Arc::new(Engine::new(bounds))),
             bounds,
             timeout,
-            permits: tokio::sync::Semaphore::new(concurrency.max(1)),
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            per_tenant: None,
+            busy: Mutex::default(),
         }
+    }
+
+    /// Run at most `n` renders of a tenant at once (more wait in line), and refuse a render
+    /// that cannot start within the time limit (`render_busy`).
+    pub fn with_tenant_bound(mut self, n: usize) -> Renderer {
+        self.per_tenant = Some(n.max(1));
+        self
     }
 
     /// Render in up to `workers` processes of `exe render-worker`, each limited to
@@ -408,7 +448,9 @@ impl Renderer {
             },
             bounds,
             timeout,
-            permits: tokio::sync::Semaphore::new(workers.max(1)),
+            permits: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+            per_tenant: None,
+            busy: Mutex::default(),
         }
     }
 
@@ -417,24 +459,66 @@ impl Renderer {
         self.bounds
     }
 
-    /// Render `template`; see [`Engine::render`].
+    /// Render `template` for `tenant`; see [`Engine::render`].
     pub async fn render(
         &self,
+        tenant: &str,
         template: &Template,
         data: &serde_json::Value,
         locale: Option<&str>,
         mode: Mode,
     ) -> Result<Rendered> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::unavailable("the renderer is shut down"))?;
+        let start = tokio::time::Instant::now();
+        let _slot = match self.per_tenant {
+            None => None,
+            Some(share) => {
+                let line = self
+                    .busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(tenant.to_string())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share)))
+                    .clone();
+                let mut slot = TenantSlot {
+                    busy: &self.busy,
+                    tenant: tenant.to_string(),
+                    permit: None,
+                    share,
+                };
+                // the line's Arc moves into the permit: once given back, the map holds the
+                // only reference and an idle line can be forgotten
+                let permit = tokio::time::timeout(self.timeout, line.acquire_owned())
+                    .await
+                    .map_err(|_| {
+                        render_busy(format!(
+                            "this tenant's renders are queued past {} ms; try again",
+                            self.timeout.as_millis()
+                        ))
+                    })?
+                    .map_err(|_| Error::unavailable("the renderer is shut down"))?;
+                slot.permit = Some(permit);
+                Some(slot)
+            }
+        };
+        let left = self.timeout.saturating_sub(start.elapsed());
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = match self.per_tenant {
+            // the API: a render that cannot start in time is refused
+            Some(_) => tokio::time::timeout(left, acquire)
+                .await
+                .map_err(|_| render_busy("every template renderer is busy; try again"))?,
+            // the router: wait for a turn
+            None => acquire.await,
+        }
+        .map_err(|_| Error::unavailable("the renderer is shut down"))?;
         match &self.place {
             Place::InProcess(engine) => {
                 let (engine, template, data) = (engine.clone(), template.clone(), data.clone());
                 let locale = locale.map(str::to_string);
+                // the permit stays with the work: a render past the time limit still counts
+                // until it ends (fuel bounds it)
                 let job = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     engine.render(&template, &data, locale.as_deref(), mode)
                 });
                 match tokio::time::timeout(self.timeout, job).await {
@@ -457,6 +541,7 @@ impl Renderer {
                 let mut line = serde_json::to_vec(&job)
                     .map_err(|e| Error::internal(format!("encoding a render job: {e}")))?;
                 line.push(b'\n');
+                let _permit = permit;
                 let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
                 let mut worker = match pooled {
                     Some(w) => w,
@@ -687,6 +772,7 @@ mod tests {
         let r = Renderer::in_process(Bounds::default(), std::time::Duration::from_secs(5), 1);
         let ok = r
             .render(
+                "t",
                 &tpl("Hi {{ n }}", "b"),
                 &json!({"n": 1}),
                 None,
@@ -699,6 +785,51 @@ mod tests {
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
             "",
         );
-        limit(r.render(&slow, &json!({}), None, Mode::Strict).await);
+        limit(r.render("t", &slow, &json!({}), None, Mode::Strict).await);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_holds_only_its_share_of_the_api_renderer() {
+        let r = Renderer::in_process(Bounds::default(), std::time::Duration::from_millis(300), 2)
+            .with_tenant_bound(1);
+        let t = tpl("hi {{ n }}", "");
+        // tenant a's one render at a time is taken (held here)
+        let line = Arc::new(tokio::sync::Semaphore::new(1));
+        r.busy.lock().unwrap().insert("a".into(), line.clone());
+        let held = line.clone().acquire_owned().await.unwrap();
+        // its next render waits in line, then is refused past the time limit
+        let e = r
+            .render("a", &t, &json!({"n": 1}), None, Mode::Strict)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "render_busy");
+        assert!(e.is_retriable());
+        // others are not held up, and their lines are forgotten when empty
+        let ok = r
+            .render("b", &t, &json!({"n": 2}), None, Mode::Strict)
+            .await
+            .unwrap();
+        assert_eq!(ok.title, "hi 2");
+        assert!(!r.busy.lock().unwrap().contains_key("b"));
+        // once a's turn is free, its renders run, one at a time
+        drop(held);
+        r.busy.lock().unwrap().clear();
+        drop(line);
+        let data = json!({"n": 0});
+        let (x, y, z) = tokio::join!(
+            r.render("a", &t, &data, None, Mode::Strict),
+            r.render("a", &t, &data, None, Mode::Strict),
+            r.render("a", &t, &data, None, Mode::Strict)
+        );
+        assert!(
+            x.is_ok() && y.is_ok() && z.is_ok(),
+            "queued renders of one tenant all run"
+        );
+        // the router's renderer has no tenant bound
+        let router = Renderer::in_process(Bounds::default(), std::time::Duration::from_secs(5), 1);
+        router
+            .render("a", &t, &json!({"n": 3}), None, Mode::Strict)
+            .await
+            .unwrap();
     }
 }

@@ -19,15 +19,24 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
         Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
     })?;
     let max = ctx.config.auth.max_token_lifetime_seconds;
-    let claims = match verify_user_token(token, &tenant.jwt_secret, max) {
-        // within a rotation's overlap, tokens signed with the replaced secret still count
+    let (claims, expires_at) = match verify_user_token(token, &tenant.jwt_secret, max) {
+        // within a rotation's overlap, tokens signed with the replaced secret still count,
+        // and a connection opened with one closes when the overlap ends
         Err(e) if e.code == "auth_invalid_token" => {
             match tenant.previous_at(tidings_core::model::now_ms()) {
-                Some(p) => verify_user_token(token, &p.jwt_secret, max).map_err(|_| e)?,
+                Some(p) => {
+                    let c = verify_user_token(token, &p.jwt_secret, max).map_err(|_| e)?;
+                    let end = c.exp.min(p.until_ms / 1000);
+                    (c, end)
+                }
                 None => return Err(e),
             }
         }
-        other => other?,
+        other => {
+            let c = other?;
+            let exp = c.exp;
+            (c, exp)
+        }
     };
     if tenant.disabled {
         return Err(tidings_core::http::tenant_disabled());
@@ -38,7 +47,7 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
     Ok(User {
         tenant: tenant.id,
         user: claims.sub,
-        expires_at: claims.exp,
+        expires_at,
     })
 }
 

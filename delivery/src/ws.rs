@@ -175,6 +175,9 @@ struct Conn {
     ctx: Context,
     user: User,
     sent: Sent,
+    /// Where replies go; a replay is sent page by page as it is read, so it never sits
+    /// whole in memory (the queue is bounded: the replay waits for the client).
+    out: Sender<String>,
 }
 
 /// Handle the client frames of one connection in order, batching consecutive acks; replies
@@ -236,8 +239,9 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let conn_id = ctx.presence.attach(&user.tenant, &user.user, conn_sink);
     let write_deadline = Duration::from_secs(wcfg.write_timeout_seconds.max(1));
     let expires = {
-        let left = (user.expires_at - tidings_core::model::now_ms() / 1000).max(0) as u64;
-        tokio::time::Instant::now() + Duration::from_secs(left)
+        // at most a year ahead: whatever the configured lifetime, no overflow
+        let left = (user.expires_at - tidings_core::model::now_ms() / 1000).clamp(0, 366 * 86_400);
+        tokio::time::Instant::now() + Duration::from_secs(left as u64)
     };
     metrics::gauge!(DELIVERY_CONNECTIONS).increment(1.0);
     if let Err(e) = ctx
@@ -310,7 +314,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                                 let (frames_tx, frames_rx) = channel(FRAME_QUEUE);
                                 let (replies_tx, replies_rx) = channel(FRAME_QUEUE);
                                 replies = Some(replies_rx);
-                                let conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: sent.clone() };
+                                let conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: sent.clone(), out: replies_tx.clone() };
                                 (frames_tx, tokio::spawn(frame_handler(conn, frames_rx, replies_tx)))
                             });
                             // room was checked above and this loop is the only sender
@@ -433,7 +437,7 @@ impl Conn {
             None => (0, true),
         };
         let page = self.ctx.config.websocket.resume_page;
-        let mut out = Vec::new();
+        let mut replayed = 0usize;
         loop {
             let items = self
                 .ctx
@@ -444,16 +448,25 @@ impl Conn {
             after = last.seq;
             for item in &items {
                 if self.sent.first_time(&item.message_id) {
-                    out.push(frames::message_from_item(item));
+                    if self
+                        .out
+                        .send(frames::message_from_item(item))
+                        .await
+                        .is_err()
+                    {
+                        // the connection is gone
+                        return Ok(Vec::new());
+                    }
+                    replayed += 1;
                 }
             }
             if items.len() < page {
                 break;
             }
         }
-        let replayed = out.len();
-        out.push(json!({"type": "ok", "ref": "resume", "replayed": replayed}).to_string());
-        Ok(out)
+        Ok(vec![
+            json!({"type": "ok", "ref": "resume", "replayed": replayed}).to_string(),
+        ])
     }
 }
 

@@ -118,14 +118,6 @@ fn admin(ctx: &Context, headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-async fn tenant_for_admin(ctx: &Context, headers: &HeaderMap, id: &str) -> Result<Tenant, Error> {
-    admin(ctx, headers)?;
-    ctx.store
-        .tenant(id)
-        .await?
-        .ok_or_else(|| Error::not_found("tenant_not_found", format!("no tenant `{id}`")))
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
@@ -141,7 +133,7 @@ async fn rotate_tenant(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let mut tenant = tenant_for_admin(&ctx, &headers, &id).await?;
+    admin(&ctx, &headers)?;
     let req: RotateBody = match body {
         Ok(b) if b.is_empty() => RotateBody::default(),
         other => body_json(other, limit(&ctx))?,
@@ -156,13 +148,22 @@ async fn rotate_tenant(
     }
     let until = now_ms() + overlap * 1000;
     let api_key = random_token("tk_");
-    tenant.previous = Some(PreviousCredentials {
-        api_key_hash: std::mem::replace(&mut tenant.api_key_hash, hash_api_key(&api_key)),
-        jwt_secret: std::mem::replace(&mut tenant.jwt_secret, random_token("js_")),
-        webhook_secret: std::mem::replace(&mut tenant.webhook_secret, random_token("whs_")),
-        until_ms: until,
-    });
-    ctx.store.update_tenant(&tenant).await?;
+    let key_hash = hash_api_key(&api_key);
+    let tenant = ctx
+        .store
+        .modify_tenant(
+            &id,
+            Box::new(move |t: &mut Tenant| {
+                t.previous = Some(PreviousCredentials {
+                    api_key_hash: std::mem::replace(&mut t.api_key_hash, key_hash),
+                    jwt_secret: std::mem::replace(&mut t.jwt_secret, random_token("js_")),
+                    webhook_secret: std::mem::replace(&mut t.webhook_secret, random_token("whs_")),
+                    until_ms: until,
+                });
+                Ok(())
+            }),
+        )
+        .await?;
     tracing::info!(tenant = %tenant.id, overlap, "tenant credentials rotated");
     Ok(Json(json!({
         "tenant_id": tenant.id, "api_key": api_key, "jwt_secret": tenant.jwt_secret,
@@ -178,9 +179,17 @@ async fn set_disabled(
     id: String,
     disabled: bool,
 ) -> ApiResult<Json<Value>> {
-    let mut tenant = tenant_for_admin(&ctx, &headers, &id).await?;
-    tenant.disabled = disabled;
-    ctx.store.update_tenant(&tenant).await?;
+    admin(&ctx, &headers)?;
+    let tenant = ctx
+        .store
+        .modify_tenant(
+            &id,
+            Box::new(move |t: &mut Tenant| {
+                t.disabled = disabled;
+                Ok(())
+            }),
+        )
+        .await?;
     if disabled {
         let closed = ctx.presence.close_tenant(&tenant.id);
         tracing::info!(tenant = %tenant.id, closed, "tenant disabled");
@@ -215,13 +224,25 @@ async fn set_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let mut tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let req: WebhookBody = body_json(body, limit(&ctx))?;
     if let Some(u) = &req.url {
         check_url(&ctx, u)?;
     }
-    tenant.webhook_url = req.url;
-    ctx.store.update_tenant(&tenant).await?;
+    // only the URL changes, in one write: nothing else read above is written back
+    let tenant = ctx
+        .store
+        .modify_tenant(
+            &tenant.id,
+            Box::new(move |t: &mut Tenant| {
+                if t.disabled {
+                    return Err(tidings_core::http::tenant_disabled());
+                }
+                t.webhook_url = req.url;
+                Ok(())
+            }),
+        )
+        .await?;
     Ok(Json(
         json!({"url": tenant.webhook_url, "secret": tenant.webhook_secret}),
     ))
@@ -344,7 +365,7 @@ async fn put_template(
     let mut tpl: Template = body_json(body, limit(&ctx))?;
     template::check(&tpl)?;
     // a template over a bound whatever the data is refused now, not at its first send
-    ctx.render(&tpl, &json!({}), None, template::Mode::Trial)
+    ctx.render(&tenant.id, &tpl, &json!({}), None, template::Mode::Trial)
         .await?;
     tpl.version = ctx.store.put_template(&tenant.id, &key, &tpl).await?;
     Ok(Json(
@@ -392,7 +413,13 @@ async fn preview(
     })?;
     let data = req.data.unwrap_or(json!({}));
     let r = ctx
-        .render(&tpl, &data, req.locale.as_deref(), template::Mode::Strict)
+        .render(
+            &tenant.id,
+            &tpl,
+            &data,
+            req.locale.as_deref(),
+            template::Mode::Strict,
+        )
         .await?;
     Ok(Json(
         json!({"inapp": {"title": r.title, "body": r.body}, "webhook": r.webhook}),
@@ -443,8 +470,8 @@ async fn dlq_replay(
     let codec = tidings_schemas::codec();
     match entry.kind {
         DlqKind::Request => {
-            // a request the router could not route: route it again (its template version,
-            // or the cause, may have been fixed since)
+            // a request the router could not route: route it again, as it was accepted
+            // (the cause may have been passing: a store fault, a tenant re-enabled)
             let req = codec.decode_request(&entry.delivery)?;
             let rec = OutRecord::new(
                 ctx.requests_topic(req.priority),

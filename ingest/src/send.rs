@@ -120,8 +120,14 @@ pub async fn validate(
                     format!("template `{key}` does not exist"),
                 )
             })?;
-            ctx.render(&tpl, &data, body.locale.as_deref(), template::Mode::Strict)
-                .await?;
+            ctx.render(
+                &tenant.id,
+                &tpl,
+                &data,
+                body.locale.as_deref(),
+                template::Mode::Strict,
+            )
+            .await?;
             // the router renders this version, whatever is saved meanwhile
             Some(tpl.version.max(1))
         }

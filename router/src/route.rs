@@ -45,7 +45,9 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
                 Error::invalid("template_not_found", format!("template `{key}` is gone"))
             })?;
             let r = ctx
+                .route_templates
                 .render(
+                    &req.tenant_id,
                     &tpl,
                     &req.data,
                     req.locale.as_deref(),
@@ -149,8 +151,12 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                 metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid")
                     .increment(1);
                 match tidings_schemas::codec().decode_request(&r.value) {
-                    // accepted with a 202: the producer must be able to see it failed
-                    Ok(req) => record_failure(ctx, &req, r, &e).await?,
+                    // accepted with a 202: the producer must be able to see it failed (and
+                    // operators find it on the dead-letter topic as before)
+                    Ok(req) => {
+                        ctx.dead_letter(r, &e).await?;
+                        record_failure(ctx, &req, r, &e).await?
+                    }
                     // not even readable: only operators can look at it
                     Err(_) => {
                         ctx.dead_letter(r, &e).await?;

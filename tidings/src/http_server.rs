@@ -7,14 +7,16 @@
 //! the server down. A WebSocket keeps its connection's slot until it closes
 //! ([`tidings_core::http::ConnSlot`]).
 
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tidings_core::config::Config;
-use tidings_core::http::ConnSlot;
+use tidings_core::http::{ApiError, ConnSlot};
 use tidings_core::metrics_names::HTTP_CONNECTIONS_REFUSED_TOTAL;
+use tidings_core::{Error, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +56,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(cap));
+    let request_timeout = Duration::from_millis(config.http.request_timeout_ms);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -81,7 +84,20 @@ pub async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut().insert(slot.clone());
-            app.clone().oneshot(req)
+            let answer = app.clone().oneshot(req);
+            // a request (its body included: one trickling in) gets a deadline as a whole;
+            // WebSocket upgrades answer at once and live on past it
+            async move {
+                match tokio::time::timeout(request_timeout, answer).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(ApiError(Error::new(
+                        ErrorKind::Invalid,
+                        "request_timeout",
+                        "the request took longer than http.request_timeout_ms",
+                    ))
+                    .into_response()),
+                }
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

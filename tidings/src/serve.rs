@@ -41,15 +41,17 @@ impl Stages {
     }
 }
 
-/// The template renderer the config asks for: worker processes of this binary, or (with
-/// `templates.sandbox = false`) this process's blocking threads.
-fn renderer(config: &Config) -> anyhow::Result<template::Renderer> {
+/// A template renderer as the config asks: worker processes of this binary, or (with
+/// `templates.sandbox = false`) this process's blocking threads. The router's has twice the
+/// time limit: a send ingest rendered in time must not fail later on a busy machine.
+fn renderer(config: &Config, for_router: bool) -> anyhow::Result<template::Renderer> {
     let t = &config.templates;
     let bounds = template::Bounds {
         fuel: t.fuel,
         max_output: config.limits.max_body_bytes,
     };
-    let timeout = Duration::from_millis(t.timeout_ms);
+    let factor = if for_router { 2 } else { 1 };
+    let timeout = Duration::from_millis(t.timeout_ms * factor);
     Ok(if t.sandbox {
         let exe = std::env::current_exe().context("locating this binary for render workers")?;
         template::Renderer::sandboxed(exe, bounds, timeout, t.workers, t.memory_mb)
@@ -61,7 +63,11 @@ fn renderer(config: &Config) -> anyhow::Result<template::Renderer> {
 fn open(config: Config) -> anyhow::Result<Context> {
     let err = |e: tidings_core::Error| anyhow::anyhow!("{e}");
     Ok(Context {
-        templates: Arc::new(renderer(&config)?),
+        // each tenant may hold half of the API's renderers
+        templates: Arc::new(
+            renderer(&config, false)?.with_tenant_bound(config.templates.workers.div_ceil(2)),
+        ),
+        route_templates: Arc::new(renderer(&config, true)?),
         bus: tidings_bus::open(&config).map_err(err)?,
         store: tidings_store::open(&config).map_err(err)?,
         presence: tidings_presence::open(&config).map_err(err)?,

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 use tidings_core::model::*;
-use tidings_core::store::{AppendedRow, Claim, NewInboxRow, Page, Store};
+use tidings_core::store::{AppendedRow, Claim, NewInboxRow, Page, Store, TenantChange};
 use tidings_core::{Error, Result};
 use tidings_embedded::{storage_err, Engine};
 
@@ -38,6 +38,9 @@ const STATUS: TableDefinition<
     &'static [u8],
 > = TableDefinition::new("delivery_status");
 const DLQ: T2 = TableDefinition::new("dlq");
+/// Versions kept per template; a send still pinned to an older one (accepted, not yet
+/// routed, after this many saves) fails visibly with `template_not_found`.
+const TEMPLATE_VERSIONS_KEPT: u64 = 100;
 const TEMPLATE_VERSIONS: TableDefinition<
     'static,
     (&'static str, &'static str, u64),
@@ -68,6 +71,18 @@ impl IdemRecord {
             });
         }
         from_json(raw)
+    }
+
+    /// The binding of `(tenant, key)` in the idempotency table.
+    fn get(
+        t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<IdemRecord>> {
+        t.get((tenant, key))
+            .map_err(storage_err)?
+            .map(|v| IdemRecord::read(v.value()))
+            .transpose()
     }
 }
 
@@ -276,19 +291,22 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn update_tenant(&self, tenant: &Tenant) -> Result<()> {
-        let tenant = tenant.clone();
+    async fn modify_tenant(&self, id: &str, change: TenantChange) -> Result<Tenant> {
+        let id = id.to_string();
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(TENANTS).map_err(storage_err)?;
                 let old: Option<Tenant> = t
-                    .get(tenant.id.as_str())
+                    .get(id.as_str())
                     .map_err(storage_err)?
                     .map(|v| from_json(v.value()))
                     .transpose()?;
                 let Some(old) = old else {
                     return Err(Error::not_found("tenant_not_found", "no such tenant"));
                 };
+                let mut tenant = old.clone();
+                change(&mut tenant)?;
+                tenant.id = old.id.clone();
                 t.insert(tenant.id.as_str(), to_json(&tenant)?.as_slice())
                     .map_err(storage_err)?;
                 // index every key the tenant still has (current and previous), no other
@@ -308,7 +326,7 @@ impl Store for EmbeddedStore {
                             .map_err(storage_err)?;
                     }
                 }
-                Ok(())
+                Ok(tenant)
             })
             .await
     }
@@ -489,17 +507,32 @@ impl Store for EmbeddedStore {
                     .map_err(storage_err)?
                     .map(|v| from_json(v.value()))
                     .transpose()?;
-                // templates saved before versions existed count as version 1
+                let mut v = txn.open_table(TEMPLATE_VERSIONS).map_err(storage_err)?;
+                if let Some(mut legacy) = latest.clone().filter(|l| l.version == 0) {
+                    // saved before versions existed: keep it as version 1, for the sends
+                    // accepted against it
+                    legacy.version = 1;
+                    v.insert(
+                        (tenant.as_str(), key.as_str(), 1),
+                        to_json(&legacy)?.as_slice(),
+                    )
+                    .map_err(storage_err)?;
+                }
                 template.version = latest.map_or(1, |l| l.version.max(1) + 1);
                 let raw = to_json(&template)?;
                 t.insert((tenant.as_str(), key.as_str()), raw.as_slice())
                     .map_err(storage_err)?;
-                let mut v = txn.open_table(TEMPLATE_VERSIONS).map_err(storage_err)?;
                 v.insert(
                     (tenant.as_str(), key.as_str(), template.version),
                     raw.as_slice(),
                 )
                 .map_err(storage_err)?;
+                // keep the last TEMPLATE_VERSIONS_KEPT: a tenant saving in a loop cannot
+                // fill the disk
+                if let Some(old) = template.version.checked_sub(TEMPLATE_VERSIONS_KEPT) {
+                    v.remove((tenant.as_str(), key.as_str(), old))
+                        .map_err(storage_err)?;
+                }
                 Ok(template.version)
             })
             .await
@@ -544,11 +577,7 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
-                let existing = t
-                    .get((tenant.as_str(), key.as_str()))
-                    .map_err(storage_err)?
-                    .map(|v| IdemRecord::read(v.value()))
-                    .transpose()?;
+                let existing = IdemRecord::get(&t, &tenant, &key)?;
                 if let Some(prev) = existing {
                     if now_ms - prev.at_ms < ttl_ms {
                         return Ok(Claim::Existing {
@@ -570,11 +599,7 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
-                let existing = t
-                    .get((tenant.as_str(), key.as_str()))
-                    .map_err(storage_err)?
-                    .map(|v| IdemRecord::read(v.value()))
-                    .transpose()?;
+                let existing = IdemRecord::get(&t, &tenant, &key)?;
                 if let Some(mut rec) = existing.filter(|r| r.message_id == id && !r.confirmed) {
                     rec.confirmed = true;
                     t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
@@ -590,12 +615,10 @@ impl Store for EmbeddedStore {
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
-                let existing = t
-                    .get((tenant.as_str(), key.as_str()))
-                    .map_err(storage_err)?
-                    .map(|v| IdemRecord::read(v.value()))
-                    .transpose()?;
-                if existing.is_some_and(|r| r.message_id == id) {
+                let existing = IdemRecord::get(&t, &tenant, &key)?;
+                // a confirmed binding stays: another request (a retry) got its message onto
+                // the bus under this id
+                if existing.is_some_and(|r| r.message_id == id && !r.confirmed) {
                     t.remove((tenant.as_str(), key.as_str()))
                         .map_err(storage_err)?;
                 }

@@ -32,23 +32,15 @@ fn free_port() -> u16 {
 
 impl Server {
     pub async fn start(env: &[(&str, &str)]) -> Server {
-        let mut s = Server {
-            addr: format!("127.0.0.1:{}", free_port()),
-            dir: tempfile::tempdir().unwrap(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-            http: reqwest::Client::new(),
-            nofile: None,
-        };
-        s.spawn().await;
-        s
+        Server::start_with(None, env).await
     }
 
     /// Start under `ulimit -n <nofile>` (soft and hard: the server cannot raise it).
     pub async fn start_with_nofile(nofile: u64, env: &[(&str, &str)]) -> Server {
+        Server::start_with(Some(nofile), env).await
+    }
+
+    async fn start_with(nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             addr: format!("127.0.0.1:{}", free_port()),
             dir: tempfile::tempdir().unwrap(),
@@ -58,7 +50,7 @@ impl Server {
                 .collect(),
             child: None,
             http: reqwest::Client::new(),
-            nofile: Some(nofile),
+            nofile,
         };
         s.spawn().await;
         s

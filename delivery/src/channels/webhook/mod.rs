@@ -120,8 +120,10 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// A tenant with this many times its concurrency waiting has the rest deferred to the retry
 /// stage (no attempt counted), so its backlog never fills the lane.
 const TENANT_BACKLOG: usize = 8;
-/// How long a deferred delivery waits before it is offered again.
+/// How long a deferred delivery waits before it is offered again, per backlog's worth of
+/// its tenant's deliveries in line, up to [`MAX_DEFER`].
 const DEFER: Duration = Duration::from_secs(1);
+const MAX_DEFER: Duration = Duration::from_secs(30);
 /// Offsets are committed at least this often while deliveries complete.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
@@ -228,10 +230,14 @@ async fn post_in_share(
     per_tenant: usize,
     d: Delivery,
 ) -> Result<()> {
-    if share.queued.load(Ordering::Relaxed) > per_tenant * TENANT_BACKLOG {
+    let queued = share.queued.load(Ordering::Relaxed);
+    let backlog = per_tenant * TENANT_BACKLOG;
+    if queued > backlog {
         metrics::counter!(DELIVERY_ATTEMPTS_TOTAL, "channel" => "webhook", "outcome" => "deferred")
             .increment(1);
-        return tidings_retry::fail::defer(ctx, d, DEFER).await;
+        // the longer the tenant's line, the later it comes back (1 s per backlog's worth)
+        let delay = (DEFER * (queued / backlog) as u32).min(MAX_DEFER);
+        return tidings_retry::fail::defer(ctx, d, delay).await;
     }
     let _mine = share
         .permits
