@@ -164,11 +164,16 @@ async fn write(
 ) -> bool {
     let send = sink.send(msg);
     tokio::pin!(send);
-    // most writes complete at once: arm the deadline's timer only for one that waits
+    // most writes complete at once: arm the deadline's timer only for one that waits, and
+    // keep it on the heap (a timer is large, and this future is part of every connection's)
     if let std::task::Poll::Ready(r) = futures::poll!(send.as_mut()) {
         return r.is_ok();
     }
-    matches!(tokio::time::timeout(deadline, send).await, Ok(Ok(())))
+    let timer = Box::pin(tokio::time::sleep(deadline));
+    tokio::select! {
+        r = send => r.is_ok(),
+        _ = timer => false,
+    }
 }
 
 struct Conn {
@@ -262,8 +267,14 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let idle = Duration::from_secs(wcfg.idle_timeout_seconds.max(1));
     let mut last_heard = Instant::now();
     let mut closing: Option<(u16, &'static str)> = None;
-    let token_expiry = tokio::time::sleep_until(expires);
-    tokio::pin!(token_expiry);
+    // the expiry timer is armed only once the token ends within a ping period: most tokens
+    // outlive their connections, and every byte of an idle connection counts
+    let ping_period = Duration::from_secs(wcfg.ping_interval_seconds.max(1));
+    let arm = |expires: tokio::time::Instant| {
+        (expires <= tokio::time::Instant::now() + ping_period)
+            .then(|| Box::pin(tokio::time::sleep_until(expires)))
+    };
+    let mut token_expiry = arm(expires);
     if write(&mut sink, Message::Text(hello.into()), write_deadline).await {
         loop {
             tokio::select! {
@@ -276,11 +287,14 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                     break;
                 }
                 _ = st.shutdown.cancelled() => { closing = Some((1001, "server shutting down")); break; }
-                _ = &mut token_expiry => {
+                _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
                     closing = Some((CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a fresh token"));
                     break;
                 }
                 _ = ping.tick() => {
+                    if token_expiry.is_none() {
+                        token_expiry = arm(expires);
+                    }
                     if last_heard.elapsed() > idle {
                         closing = Some((1000, "idle timeout"));
                         break;

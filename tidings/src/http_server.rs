@@ -25,7 +25,8 @@ use tower::ServiceExt;
 /// File descriptors kept out of the connection cap: data files, the render workers' pipes,
 /// the listener, and outbound connections (webhooks) on top.
 fn reserve(config: &Config) -> u64 {
-    256 + 4 * config.webhook.concurrency as u64 + 3 * config.templates.workers as u64
+    // two renderer pools (API and router), three pipes per worker
+    256 + 4 * config.webhook.concurrency as u64 + 6 * config.templates.workers as u64
 }
 
 /// The process's open-file limit, raised from its soft value to the hard one.

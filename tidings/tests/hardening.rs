@@ -420,9 +420,10 @@ async fn a_crash_during_a_dlq_replay_loses_nothing() {
     assert!(s.wait_exit(Duration::from_secs(10)));
     s.set_env("TIDINGS_FAIL_POINT", "");
     s.start_again().await;
-    // the replay was on the bus before the crash: it is delivered
+    // the replay was on the bus before the crash: it is delivered (at least once: the
+    // crashed process may have posted it before its offset was committed)
     wait_status(&s, &t, &id, "delivered").await;
-    assert_eq!(rx.hits.lock().unwrap().len(), 2);
+    assert!(rx.hits.lock().unwrap().len() >= 2);
 }
 
 /// The value of an unlabelled gauge or counter in the metrics text (0 when absent).
