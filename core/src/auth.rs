@@ -21,6 +21,13 @@ pub fn hash_api_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// A short tag naming a secret without revealing it: connections remember the tag of the
+/// secret that verified them, so a rotation can close those whose secret is no longer valid.
+pub fn secret_tag(secret: &str) -> u64 {
+    let d = Sha256::digest(secret.as_bytes());
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
 /// Constant-time comparison of two secrets.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());

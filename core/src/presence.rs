@@ -51,6 +51,8 @@ pub struct ConnShared {
     pub queued_bytes: AtomicUsize,
     /// The close code the connection was told to close with (0: not told).
     pub reason: AtomicU16,
+    /// The tag of the secret that verified the connection's token ([`crate::auth::secret_tag`]).
+    pub credential: std::sync::atomic::AtomicU64,
 }
 
 impl ConnSink {
@@ -129,9 +131,10 @@ pub trait Presence: Send + Sync + 'static {
     /// Push to every connection of the user; returns how many took it.
     async fn push(&self, tenant: &str, user: &str, push: Push) -> Result<usize>;
 
-    /// Tell every connection of `tenant` on this node to close (a disabled tenant); returns
-    /// how many.
-    fn close_tenant(&self, tenant: &str) -> usize;
+    /// Tell the connections of `tenant` on this node to close with `code`, except those
+    /// verified by a secret tagged in `keep` (a rotation keeps the valid ones; disabling keeps
+    /// none); returns how many were told.
+    fn close_tenant(&self, tenant: &str, keep: &[u64], code: u16) -> usize;
 
     /// Live connections on this node.
     fn local_connections(&self) -> usize;

@@ -78,7 +78,9 @@ async fn push_all(ctx: &Context, records: &[Record]) -> Result<()> {
         let d = match codec.decode_delivery(&r.value) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, offset = r.offset, "undecodable delivery skipped");
+                // kept for operators on the dead-letter topic, never silently dropped
+                tracing::warn!(error = %e, offset = r.offset, "undecodable delivery dead-lettered");
+                ctx.dead_letter(r, &e).await?;
                 continue;
             }
         };

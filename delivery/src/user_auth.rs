@@ -10,6 +10,8 @@ pub struct User {
     pub user: String,
     /// When the token expires, seconds since the epoch: a connection closes then.
     pub expires_at: i64,
+    /// The tag of the secret that verified the token (`auth::secret_tag`).
+    pub credential: u64,
 }
 
 /// Check `token` against the secret of the tenant it names.
@@ -19,7 +21,7 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
         Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
     })?;
     let max = ctx.config.auth.max_token_lifetime_seconds;
-    let (claims, expires_at) = match verify_user_token(token, &tenant.jwt_secret, max) {
+    let (claims, expires_at, credential) = match verify_user_token(token, &tenant.jwt_secret, max) {
         // within a rotation's overlap, tokens signed with the replaced secret still count,
         // and a connection opened with one closes when the overlap ends
         Err(e) if e.code == "auth_invalid_token" => {
@@ -27,7 +29,7 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
                 Some(p) => {
                     let c = verify_user_token(token, &p.jwt_secret, max).map_err(|_| e)?;
                     let end = c.exp.min(p.until_ms / 1000);
-                    (c, end)
+                    (c, end, tidings_core::auth::secret_tag(&p.jwt_secret))
                 }
                 None => return Err(e),
             }
@@ -35,7 +37,7 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
         other => {
             let c = other?;
             let exp = c.exp;
-            (c, exp)
+            (c, exp, tidings_core::auth::secret_tag(&tenant.jwt_secret))
         }
     };
     if tenant.disabled {
@@ -48,6 +50,7 @@ pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
         tenant: tenant.id,
         user: claims.sub,
         expires_at,
+        credential,
     })
 }
 

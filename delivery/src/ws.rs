@@ -240,6 +240,10 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = channel(wcfg.send_queue);
     let conn_sink = ConnSink::new(tx);
+    conn_sink
+        .shared
+        .credential
+        .store(user.credential, std::sync::atomic::Ordering::Relaxed);
     let (close, shared) = (conn_sink.close.clone(), conn_sink.shared.clone());
     let conn_id = ctx.presence.attach(&user.tenant, &user.user, conn_sink);
     let write_deadline = Duration::from_secs(wcfg.write_timeout_seconds.max(1));
@@ -282,6 +286,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                     closing = Some(match shared.reason.load(std::sync::atomic::Ordering::Relaxed) {
                         CLOSE_REPLACED => (CLOSE_REPLACED, "too many connections of this user: the oldest was closed"),
                         CLOSE_TENANT_DISABLED => (CLOSE_TENANT_DISABLED, "the tenant is disabled"),
+                        CLOSE_TOKEN_EXPIRED => (CLOSE_TOKEN_EXPIRED, "the token's secret was rotated out: reconnect with a fresh token"),
                         _ => (CLOSE_SLOW, "send queue full: reconnect and resume"),
                     });
                     break;

@@ -165,10 +165,42 @@ async fn rotate_tenant(
         )
         .await?;
     tracing::info!(tenant = %tenant.id, overlap, "tenant credentials rotated");
+    // connections verified by a secret no longer valid close now (4001: reconnect with a
+    // fresh token), those of the replaced one when its overlap ends
+    close_stale_connections(&ctx, &tenant.id).await;
+    if overlap > 0 {
+        let (ctx, id) = (ctx.clone(), tenant.id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                overlap as u64 * 1000 + 1000,
+            ))
+            .await;
+            close_stale_connections(&ctx, &id).await;
+        });
+    }
     Ok(Json(json!({
         "tenant_id": tenant.id, "api_key": api_key, "jwt_secret": tenant.jwt_secret,
         "webhook_secret": tenant.webhook_secret, "previous_valid_until": rfc3339(until),
     })))
+}
+
+/// Close this node's connections of a tenant whose token was verified by a secret that is
+/// no longer valid (neither current nor within a rotation's overlap).
+async fn close_stale_connections(ctx: &Context, tenant: &str) {
+    let Ok(Some(t)) = ctx.store.tenant(tenant).await else {
+        return;
+    };
+    let mut keep = vec![tidings_core::auth::secret_tag(&t.jwt_secret)];
+    keep.extend(
+        t.previous_at(now_ms())
+            .map(|p| tidings_core::auth::secret_tag(&p.jwt_secret)),
+    );
+    let closed =
+        ctx.presence
+            .close_tenant(tenant, &keep, tidings_core::presence::CLOSE_TOKEN_EXPIRED);
+    if closed > 0 {
+        tracing::info!(tenant, closed, "connections of a rotated-out secret closed");
+    }
 }
 
 /// `POST /v1/admin/tenants/{id}/disable` and `/enable`: a disabled tenant's keys and tokens
@@ -191,7 +223,11 @@ async fn set_disabled(
         )
         .await?;
     if disabled {
-        let closed = ctx.presence.close_tenant(&tenant.id);
+        let closed = ctx.presence.close_tenant(
+            &tenant.id,
+            &[],
+            tidings_core::presence::CLOSE_TENANT_DISABLED,
+        );
         tracing::info!(tenant = %tenant.id, closed, "tenant disabled");
     }
     Ok(Json(json!({"tenant_id": tenant.id, "disabled": disabled})))

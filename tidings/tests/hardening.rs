@@ -680,6 +680,10 @@ async fn data_files_are_private_and_credentials_rotate_and_tenants_disable() {
     for token in [&old_token, &new.token("u")] {
         assert_eq!(s.user_api(token, "GET", "/v1/inbox", None).await.0, 200);
     }
+    // a connection opened with the first secret (valid through the overlap), and one with
+    // the second
+    let mut ws_first = Ws::connect(&s, &old_token).await;
+    let mut ws_second = Ws::connect(&s, &new.token("w")).await;
     // rotate again without overlap: the first credentials stop at once
     let (st, v) = admin(
         format!("/v1/admin/tenants/{}/rotate", t.id),
@@ -706,6 +710,14 @@ async fn data_files_are_private_and_credentials_rotate_and_tenants_disable() {
     }
     let (st, _) = s.user_api(&old_token, "GET", "/v1/inbox", None).await;
     assert_eq!(st, 401);
+    // the connection of the gone secret is closed (reconnect with a fresh token); the one of
+    // the replaced secret lives through the overlap... which was 0: it closes too
+    assert_eq!(close_code(&mut ws_first, 5 * SEC).await, Some(4001));
+    assert_eq!(close_code(&mut ws_second, 5 * SEC).await, Some(4001));
+    let mut ws_newest = Ws::connect(&s, &newest.token("w")).await;
+    ws_newest.send(json!({"type": "ping"})).await;
+    assert_eq!(ws_newest.next_frame(5 * SEC).await.unwrap()["type"], "pong");
+    drop(ws_newest);
     s.send(&newest, json!({"to": {"users": ["u"]}, "title": "x"}))
         .await;
 

@@ -127,15 +127,18 @@ impl Presence for LocalPresence {
         Ok(reached)
     }
 
-    fn close_tenant(&self, tenant: &str) -> usize {
+    fn close_tenant(&self, tenant: &str, keep: &[u64], code: u16) -> usize {
         let mut closed = 0;
         for shard in &self.shards {
             let m = shard.read().expect("presence lock");
             for ((t, _), conns) in m.iter() {
                 if t == tenant {
                     for (_, s) in conns {
-                        s.close_with(tidings_core::presence::CLOSE_TENANT_DISABLED);
-                        closed += 1;
+                        let tag = s.shared.credential.load(Ordering::Relaxed);
+                        if !keep.contains(&tag) {
+                            s.close_with(code);
+                            closed += 1;
+                        }
                     }
                 }
             }
@@ -229,5 +232,18 @@ mod tests {
         p.attach("t", "v", d);
         assert!(b_close.is_cancelled() && !c_close.is_cancelled());
         assert_eq!(b_shared.reason.load(Ordering::Relaxed), CLOSE_REPLACED);
+
+        // a tenant's connections close except those verified by a kept secret
+        let (e, _re) = sink(8);
+        let (f, _rf) = sink(8);
+        e.shared.credential.store(7, Ordering::Relaxed);
+        f.shared.credential.store(8, Ordering::Relaxed);
+        let (e_close, f_close) = (e.close.clone(), f.close.clone());
+        p.attach("t3", "x", e);
+        p.attach("t3", "y", f);
+        assert_eq!(p.close_tenant("t3", &[8], 4001), 1);
+        assert!(e_close.is_cancelled() && !f_close.is_cancelled());
+        assert_eq!(p.close_tenant("t3", &[], 4003), 2);
+        assert!(f_close.is_cancelled());
     }
 }
