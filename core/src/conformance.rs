@@ -388,9 +388,20 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         existing("m1", "f1", false)
     );
     // confirming another id changes nothing; confirming the bound one sticks
-    store.confirm_idempotency(&t1, "key", "m2").await.unwrap();
-    store.confirm_idempotency(&t1, "key", "m1").await.unwrap();
-    store.confirm_idempotency(&t1, "key", "m1").await.unwrap();
+    store
+        .confirm_idempotency(&t1, "key", "m2", "f2", 1410)
+        .await
+        .unwrap();
+    store
+        .confirm_idempotency(&t1, "key", "m1", "f1", 1410)
+        .await
+        .unwrap();
+    store
+        .confirm_idempotency(&t1, "key", "m1", "f1", 1420)
+        .await
+        .unwrap();
+    // a confirmed binding is never released
+    store.release_idempotency(&t1, "key", "m1").await.unwrap();
     assert_eq!(
         store
             .claim_idempotency(&t1, "key", "m2", "f1", 1450, 500)
@@ -413,9 +424,21 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         Claim::New
     );
     store.release_idempotency(&t1, "key", "m4").await.unwrap();
+    // a request confirmed after a concurrent attempt released the key binds it again
+    store
+        .confirm_idempotency(&t1, "key", "m4", "f4", 1610)
+        .await
+        .unwrap();
     assert_eq!(
         store
-            .claim_idempotency(&t1, "key", "m5", "f5", 1700, 500)
+            .claim_idempotency(&t1, "key", "m9", "f4", 1620, 500)
+            .await
+            .unwrap(),
+        existing("m4", "f4", true)
+    );
+    assert_eq!(
+        store
+            .claim_idempotency(&t1, "key", "m5", "f5", 2200, 500)
             .await
             .unwrap(),
         Claim::New

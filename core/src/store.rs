@@ -124,10 +124,18 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Claim>;
-    /// Record that the request bound to `key` is on the bus (no-op if the key is bound to
-    /// another id).
-    async fn confirm_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
-    /// Undo a claim whose request could not be accepted.
+    /// Record that the request of `message_id` is on the bus: the key's binding to it becomes
+    /// confirmed, or, if the key is free again (released by a concurrent attempt that
+    /// failed), is bound to it confirmed. No-op if the key is bound to another id.
+    async fn confirm_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        message_id: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// Undo a claim whose request could not be accepted; a confirmed binding stays.
     async fn release_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
 
     // messages and inboxes

@@ -217,9 +217,13 @@ async fn accept_inner(ctx: &Context, mut req: NotificationRequest) -> Result<Acc
     req.message_id = new_message_id();
     req.accepted_at_ms = now_ms();
     let mut duplicate = false;
+    let fp = if req.idempotency_key.is_some() {
+        fingerprint(&req)
+    } else {
+        String::new()
+    };
     if let Some(key) = &req.idempotency_key {
         let ttl = ctx.config.store.idempotency_ttl_seconds as i64 * 1000;
-        let fp = fingerprint(&req);
         let claim = ctx
             .store
             .claim_idempotency(
@@ -281,7 +285,7 @@ async fn accept_inner(ctx: &Context, mut req: NotificationRequest) -> Result<Acc
         // retry of this send a second (harmless) append
         if let Err(e) = ctx
             .store
-            .confirm_idempotency(&req.tenant_id, key, &req.message_id)
+            .confirm_idempotency(&req.tenant_id, key, &req.message_id, &fp, now_ms())
             .await
         {
             tracing::warn!(error = %e, "cannot confirm an idempotency key");

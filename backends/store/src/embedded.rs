@@ -594,17 +594,34 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn confirm_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()> {
-        let (tenant, key, id) = (tenant.to_string(), key.to_string(), message_id.to_string());
+    async fn confirm_idempotency(
+        &self,
+        tenant: &str,
+        key: &str,
+        message_id: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        let fresh = IdemRecord {
+            message_id: message_id.to_string(),
+            at_ms: now_ms,
+            fingerprint: fingerprint.to_string(),
+            confirmed: true,
+        };
         self.engine
             .write(move |txn| {
                 let mut t = txn.open_table(IDEMPOTENCY).map_err(storage_err)?;
-                let existing = IdemRecord::get(&t, &tenant, &key)?;
-                if let Some(mut rec) = existing.filter(|r| r.message_id == id && !r.confirmed) {
-                    rec.confirmed = true;
-                    t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
-                        .map_err(storage_err)?;
-                }
+                let rec = match IdemRecord::get(&t, &tenant, &key)? {
+                    None => fresh,
+                    Some(mut r) if r.message_id == fresh.message_id && !r.confirmed => {
+                        r.confirmed = true;
+                        r
+                    }
+                    Some(_) => return Ok(()),
+                };
+                t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
+                    .map_err(storage_err)?;
                 Ok(())
             })
             .await
