@@ -287,8 +287,8 @@ pub struct HttpConfig {
     /// A client must send a request's headers within this long of connecting or of the
     /// previous response, milliseconds: slow senders and idle keep-alive connections close.
     pub header_read_timeout_ms: u64,
-    /// A request must be read and answered within this long, milliseconds (a body that
-    /// trickles in is cut off; WebSockets live on after their upgrade).
+    /// A request's body must arrive whole within this long of its headers, milliseconds (a
+    /// body that trickles in is answered 408 and its connection closed).
     pub request_timeout_ms: u64,
     /// Most open HTTP connections (WebSockets included); kept below the open-file limit.
     pub max_connections: usize,

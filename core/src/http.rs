@@ -70,6 +70,11 @@ pub fn body_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, Error> {
     match body {
         Ok(b) => parse_json(&b, limit),
+        // the server's body deadline (tidings/src/http_server.rs) fired
+        Err(rej) if rej.body_text().contains(BODY_DEADLINE) => Err(Error::invalid(
+            "request_timeout",
+            "the request body did not arrive within http.request_timeout_ms",
+        )),
         Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(Error::new(
             ErrorKind::TooLarge,
             "payload_too_large",
@@ -78,6 +83,9 @@ pub fn body_json<T: serde::de::DeserializeOwned>(
         Err(rej) => Err(Error::invalid("invalid_request", rej.body_text())),
     }
 }
+
+/// The error a request body gives when it has not all arrived by the server's deadline.
+pub const BODY_DEADLINE: &str = "request body deadline passed";
 
 /// A query string, or `invalid_query` (422, the JSON error body) when it does not parse.
 pub fn query<T>(

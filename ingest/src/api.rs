@@ -166,18 +166,18 @@ async fn rotate_tenant(
         .await?;
     tracing::info!(tenant = %tenant.id, overlap, "tenant credentials rotated");
     // connections verified by a secret no longer valid close now (4001: reconnect with a
-    // fresh token), those of the replaced one when its overlap ends
+    // fresh token), again shortly after (one verified just before the rotation may attach
+    // after this sweep), and those of the replaced secret when its overlap ends
     close_stale_connections(&ctx, &tenant.id).await;
-    if overlap > 0 {
-        let (ctx, id) = (ctx.clone(), tenant.id.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(
-                overlap as u64 * 1000 + 1000,
-            ))
-            .await;
-            close_stale_connections(&ctx, &id).await;
-        });
-    }
+    let (c, id) = (ctx.clone(), tenant.id.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        close_stale_connections(&c, &id).await;
+        if overlap > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(overlap as u64 * 1000)).await;
+            close_stale_connections(&c, &id).await;
+        }
+    });
     Ok(Json(json!({
         "tenant_id": tenant.id, "api_key": api_key, "jwt_secret": tenant.jwt_secret,
         "webhook_secret": tenant.webhook_secret, "previous_valid_until": rfc3339(until),
@@ -187,8 +187,13 @@ async fn rotate_tenant(
 /// Close this node's connections of a tenant whose token was verified by a secret that is
 /// no longer valid (neither current nor within a rotation's overlap).
 async fn close_stale_connections(ctx: &Context, tenant: &str) {
-    let Ok(Some(t)) = ctx.store.tenant(tenant).await else {
-        return;
+    let t = match ctx.store.tenant(tenant).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(tenant, error = %e, "cannot check connections after a rotation");
+            return;
+        }
     };
     let mut keep = vec![tidings_core::auth::secret_tag(&t.jwt_secret)];
     keep.extend(
@@ -292,7 +297,7 @@ async fn send(
     let result = async {
         let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
         let body: SendBody = body_json(body, limit(&ctx))?;
-        let req = validate(&ctx, &tenant, body).await?;
+        let req = validate(&ctx, &ctx.templates, &tenant, body).await?;
         accept(&ctx, req).await
     }
     .await;

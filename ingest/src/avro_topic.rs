@@ -35,7 +35,8 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) -> Result<()> {
                 if tenant.disabled {
                     return Err(tidings_core::http::tenant_disabled());
                 }
-                let valid = validate(&ctx, &tenant, body_of(&req)).await?;
+                // records cannot be answered later: wait for a renderer, never `render_busy`
+                let valid = validate(&ctx, &ctx.route_templates, &tenant, body_of(&req)).await?;
                 accept(&ctx, valid).await.map(|_| ())
             }
             .await;

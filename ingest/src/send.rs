@@ -56,8 +56,13 @@ fn check_ids(kind: &str, ids: &[String], limit: usize) -> Result<()> {
 
 /// Turn a send body into a request: every check that can fail is done here, so nothing the
 /// pipeline accepts fails later for a reason the producer could have been told.
+///
+/// Templates render on `renderer`: the API's (a busy tenant is refused with `render_busy`)
+/// for HTTP sends, one that waits for its turn for records of the Avro ingest topic, which
+/// cannot be answered later.
 pub async fn validate(
     ctx: &Context,
+    renderer: &template::Renderer,
     tenant: &Tenant,
     body: SendBody,
 ) -> Result<NotificationRequest> {
@@ -120,14 +125,15 @@ pub async fn validate(
                     format!("template `{key}` does not exist"),
                 )
             })?;
-            ctx.render(
-                &tenant.id,
-                &tpl,
-                &data,
-                body.locale.as_deref(),
-                template::Mode::Strict,
-            )
-            .await?;
+            renderer
+                .render(
+                    &tenant.id,
+                    &tpl,
+                    &data,
+                    body.locale.as_deref(),
+                    template::Mode::Strict,
+                )
+                .await?;
             // the router renders this version, whatever is saved meanwhile
             Some(tpl.version.max(1))
         }

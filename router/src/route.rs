@@ -154,8 +154,10 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                     // accepted with a 202: the producer must be able to see it failed (and
                     // operators find it on the dead-letter topic as before)
                     Ok(req) => {
+                        // the store first: a retriable failure there redoes the batch before
+                        // anything is appended twice
+                        record_failure(ctx, &req, r, &e).await?;
                         ctx.dead_letter(r, &e).await?;
-                        record_failure(ctx, &req, r, &e).await?
                     }
                     // not even readable: only operators can look at it
                     Err(_) => {

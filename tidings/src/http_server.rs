@@ -1,22 +1,24 @@
 //! The HTTP server: an accept loop with a connection cap kept below the open-file limit, a
-//! deadline for request headers (which also closes idle keep-alive connections), upgrades
-//! for WebSockets, and a graceful stop.
+//! deadline for request headers (which also closes idle keep-alive connections) and one for
+//! request bodies, upgrades for WebSockets, and a graceful stop.
 //!
 //! Each accepted connection takes a slot; a connection over the cap is closed at once, so
 //! `accept` never fails for want of file descriptors and a flood of idle sockets cannot take
 //! the server down. A WebSocket keeps its connection's slot until it closes
 //! ([`tidings_core::http::ConnSlot`]).
 
-use axum::response::IntoResponse;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tidings_core::config::Config;
-use tidings_core::http::{ApiError, ConnSlot};
+use tidings_core::http::{ConnSlot, BODY_DEADLINE};
 use tidings_core::metrics_names::HTTP_CONNECTIONS_REFUSED_TOTAL;
-use tidings_core::{Error, ErrorKind};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,37 @@ pub fn raise_nofile() -> (u64, u64) {
 pub fn connection_cap(config: &Config, nofile: u64) -> usize {
     let fit = nofile.saturating_sub(reserve(config)).max(16);
     (config.http.max_connections as u64).min(fit) as usize
+}
+
+/// A request body that fails once `timer` fires before it has all arrived.
+struct DeadlineBody {
+    inner: Incoming,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BODY_DEADLINE.into())));
+        }
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as Self::Error)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serve `app` on `listener` until `shutdown`, then let connections finish for up to 10 s.
@@ -83,22 +116,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let slot = ConnSlot(Arc::new(slot));
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(slot.clone());
-            let answer = app.clone().oneshot(req);
-            // a request (its body included: one trickling in) gets a deadline as a whole;
-            // WebSocket upgrades answer at once and live on past it
-            async move {
-                match tokio::time::timeout(request_timeout, answer).await {
-                    Ok(r) => r,
-                    Err(_) => Ok(ApiError(Error::new(
-                        ErrorKind::Invalid,
-                        "request_timeout",
-                        "the request took longer than http.request_timeout_ms",
-                    ))
-                    .into_response()),
-                }
-            }
+            // a body must arrive whole within the deadline (one that trickles in fails, and
+            // the handler answers 408); handlers themselves are never cut off mid-way
+            let req = if hyper::body::Body::is_end_stream(req.body()) {
+                req.map(axum::body::Body::new)
+            } else {
+                req.map(|inner| {
+                    axum::body::Body::new(DeadlineBody {
+                        inner,
+                        timer: Box::pin(tokio::time::sleep(request_timeout)),
+                    })
+                })
+            };
+            app.clone().oneshot(req)
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
