@@ -957,4 +957,43 @@ mod tests {
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
         tidings_core::conformance::store_conformance(&store, "c").await;
     }
+
+    fn tpl(title: &str) -> Template {
+        Template {
+            inapp: InappTemplate {
+                title: title.into(),
+                body: String::new(),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A template saved before versions existed (version 0) stays readable as version 1
+    /// after the next save; only the last TEMPLATE_VERSIONS_KEPT versions are kept.
+    #[tokio::test]
+    async fn template_versions_keep_the_legacy_one_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let legacy = to_json(&tpl("legacy")).unwrap();
+        store
+            .engine
+            .write(move |txn| {
+                let mut t = txn.open_table(TEMPLATES).map_err(storage_err)?;
+                t.insert(("t", "k"), legacy.as_slice())
+                    .map_err(storage_err)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let v1 = store.template_version("t", "k", 1).await.unwrap().unwrap();
+        assert_eq!(v1.inapp.title, "legacy");
+        assert_eq!(store.put_template("t", "k", &tpl("two")).await.unwrap(), 2);
+        let v1 = store.template_version("t", "k", 1).await.unwrap().unwrap();
+        assert_eq!((v1.version, v1.inapp.title.as_str()), (1, "legacy"));
+        for i in 3..=TEMPLATE_VERSIONS_KEPT + 1 {
+            assert_eq!(store.put_template("t", "k", &tpl("n")).await.unwrap(), i);
+        }
+        assert!(store.template_version("t", "k", 1).await.unwrap().is_none());
+        assert!(store.template_version("t", "k", 2).await.unwrap().is_some());
+    }
 }
