@@ -144,26 +144,32 @@ impl Context {
 /// `TIDINGS_FAIL_POINT` names it, as a crash or `kill -9` would; nothing in other builds.
 #[inline]
 pub fn fail_point(name: &str) {
-    #[cfg(feature = "failpoints")]
-    if std::env::var("TIDINGS_FAIL_POINT").is_ok_and(|v| v == name) {
+    if fail_point_armed(name) {
         eprintln!("fail point {name}: aborting");
         std::process::abort();
     }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
 }
 
 /// A named point where a test build (feature `failpoints`) fails with a permanent error
 /// (`fail_point`) when `TIDINGS_FAIL_POINT` names it; `Ok` in other builds.
 #[inline]
 pub fn fail_point_error(name: &str) -> Result<()> {
-    #[cfg(feature = "failpoints")]
-    if std::env::var("TIDINGS_FAIL_POINT").is_ok_and(|v| v == name) {
+    if fail_point_armed(name) {
         return Err(Error::invalid("fail_point", format!("fail point {name}")));
     }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = name;
     Ok(())
+}
+
+/// Whether `TIDINGS_FAIL_POINT` names `name` in a test build; always false in other builds.
+#[inline]
+fn fail_point_armed(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return std::env::var("TIDINGS_FAIL_POINT").is_ok_and(|v| v == name);
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
 }
 
 /// Retry tiers: `short` holds deliveries due within [`SHORT_TIER_MS`], `long` the rest.

@@ -56,11 +56,15 @@ pub struct ConnShared {
 }
 
 impl ConnSink {
-    pub fn new(tx: tokio::sync::mpsc::Sender<Arc<Push>>) -> ConnSink {
+    /// The sink of a connection whose token was verified by the secret tagged `credential`.
+    pub fn new(tx: tokio::sync::mpsc::Sender<Arc<Push>>, credential: u64) -> ConnSink {
         ConnSink {
             tx,
             close: CancellationToken::new(),
-            shared: Arc::default(),
+            shared: Arc::new(ConnShared {
+                credential: credential.into(),
+                ..Default::default()
+            }),
         }
     }
 

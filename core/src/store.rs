@@ -100,7 +100,8 @@ pub trait Store: Send + Sync + 'static {
 
     // templates
     /// Save a new version of a template; returns its version (the previous one plus 1).
-    /// Every version stays readable, so a send accepted against one renders with it.
+    /// Earlier versions stay readable (at least the last 100), so a send accepted against one
+    /// renders with it.
     async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<u64>;
     /// The latest version.
     async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>>;

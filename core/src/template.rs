@@ -391,17 +391,18 @@ struct TenantSlot<'a> {
     busy: &'a Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     tenant: String,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    share: usize,
 }
 
 impl Drop for TenantSlot<'_> {
     fn drop(&mut self) {
         drop(self.permit.take());
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = busy
+        // every render holding or waiting for a turn holds the line's Arc: the map's is the
+        // last one exactly when the line is empty
+        if busy
             .get(&self.tenant)
-            .is_some_and(|s| Arc::strong_count(s) == 1 && s.available_permits() == self.share);
-        if idle {
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
             busy.remove(&self.tenant);
         }
     }
@@ -454,11 +455,6 @@ impl Renderer {
         }
     }
 
-    /// The bounds each render runs under.
-    pub fn bounds(&self) -> Bounds {
-        self.bounds
-    }
-
     /// Render `template` for `tenant`; see [`Engine::render`].
     pub async fn render(
         &self,
@@ -483,7 +479,6 @@ impl Renderer {
                     busy: &self.busy,
                     tenant: tenant.to_string(),
                     permit: None,
-                    share,
                 };
                 // the line's Arc moves into the permit: once given back, the map holds the
                 // only reference and an idle line can be forgotten

@@ -2,7 +2,7 @@
 //! user. A user with no connection loses nothing: the row is in the inbox, and `resume`
 //! replays it.
 //!
-//! Offsets are committed every [`COMMIT_EVERY`] (and when the topic runs dry or the stage
+//! Offsets are committed every [`crate::COMMIT_EVERY`] (and when the topic runs dry or the stage
 //! stops), not after each batch: a push is best-effort and already idempotent on the client,
 //! so after a crash at most that much is pushed again, and the fsync of a commit stays off the
 //! path from one batch to the next.
@@ -32,7 +32,7 @@ async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Resul
         let wait = if pending.is_empty() {
             Duration::from_secs(1)
         } else {
-            COMMIT_EVERY
+            crate::COMMIT_EVERY
         };
         let records = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -52,15 +52,12 @@ async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Resul
             let e = pending.entry(p).or_default();
             *e = (*e).max(o);
         }
-        if last_commit.elapsed() >= COMMIT_EVERY {
+        if last_commit.elapsed() >= crate::COMMIT_EVERY {
             commit(consumer.as_mut(), &mut pending).await?;
             last_commit = Instant::now();
         }
     }
 }
-
-/// Longest a pushed delivery waits for its offset to be committed.
-pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
 async fn commit(consumer: &mut dyn Consumer, pending: &mut BTreeMap<u32, u64>) -> Result<()> {
     if pending.is_empty() {

@@ -239,11 +239,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     let wcfg = ctx.config.websocket.clone();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = channel(wcfg.send_queue);
-    let conn_sink = ConnSink::new(tx);
-    conn_sink
-        .shared
-        .credential
-        .store(user.credential, std::sync::atomic::Ordering::Relaxed);
+    let conn_sink = ConnSink::new(tx, user.credential);
     let (close, shared) = (conn_sink.close.clone(), conn_sink.shared.clone());
     let conn_id = ctx.presence.attach(&user.tenant, &user.user, conn_sink);
     let write_deadline = Duration::from_secs(wcfg.write_timeout_seconds.max(1));

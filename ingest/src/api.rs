@@ -55,7 +55,7 @@ struct NewTenant {
 
 /// A webhook URL through the egress guard (`invalid_url`, `url_not_allowed`).
 fn check_url(ctx: &Context, url: &str) -> Result<(), Error> {
-    tidings_core::egress::check_url(url, ctx.config.egress.allow_private).map(|_| ())
+    tidings_core::egress::check_url(url, ctx.config.egress.allow_private)
 }
 
 async fn create_tenant(

@@ -42,19 +42,7 @@ pub async fn attempt_failed(
     match delay {
         Some(delay) => {
             d.attempt += 1;
-            d.due_at_ms = now + delay.as_millis() as i64;
-            let tier = if (delay.as_millis() as u64) < SHORT_TIER_MS {
-                "short"
-            } else {
-                "long"
-            };
-            ctx.bus
-                .append(vec![OutRecord::new(
-                    ctx.retry_topic(tier),
-                    key,
-                    codec.encode_delivery(&d),
-                )])
-                .await?;
+            schedule(ctx, &mut d, delay).await?;
             ctx.set_status(&d, DeliveryState::Retrying, attempts, Some(error))
                 .await?;
             metrics::counter!(RETRY_SCHEDULED_TOTAL, "channel" => d.channel.as_str()).increment(1);
@@ -92,18 +80,22 @@ pub async fn attempt_failed(
 /// Hand `d` to the retry stage, due in `delay`, without counting an attempt: a channel defers
 /// what it has no room for right now (a tenant over its share), so it never waits in line.
 pub async fn defer(ctx: &Context, mut d: Delivery, delay: std::time::Duration) -> Result<()> {
+    schedule(ctx, &mut d, delay).await
+}
+
+/// Append `d` to the retry tier that holds `delay`, due then.
+async fn schedule(ctx: &Context, d: &mut Delivery, delay: std::time::Duration) -> Result<()> {
     d.due_at_ms = now_ms() + delay.as_millis() as i64;
     let tier = if (delay.as_millis() as u64) < SHORT_TIER_MS {
         "short"
     } else {
         "long"
     };
-    let key = tidings_core::bus::user_key(&d.tenant_id, &d.user_id);
     ctx.bus
         .append(vec![OutRecord::new(
             ctx.retry_topic(tier),
-            key,
-            tidings_schemas::codec().encode_delivery(&d),
+            tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
+            tidings_schemas::codec().encode_delivery(d),
         )])
         .await?;
     Ok(())

@@ -65,13 +65,7 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unavailable,
-                    "storage_error",
-                    "storage is reopening",
-                )
-            })
+            .ok_or_else(|| storage_err("storage is reopening"))
     }
 
     fn failed(&self, e: &Error) {

@@ -162,7 +162,7 @@ mod tests {
 
     fn sink(cap: usize) -> (ConnSink, tokio::sync::mpsc::Receiver<Arc<Push>>) {
         let (tx, rx) = tokio::sync::mpsc::channel(cap);
-        (ConnSink::new(tx), rx)
+        (ConnSink::new(tx, 0), rx)
     }
 
     fn push(id: &str) -> Push {
@@ -234,10 +234,8 @@ mod tests {
         assert_eq!(b_shared.reason.load(Ordering::Relaxed), CLOSE_REPLACED);
 
         // a tenant's connections close except those verified by a kept secret
-        let (e, _re) = sink(8);
-        let (f, _rf) = sink(8);
-        e.shared.credential.store(7, Ordering::Relaxed);
-        f.shared.credential.store(8, Ordering::Relaxed);
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let (e, f) = (ConnSink::new(tx.clone(), 7), ConnSink::new(tx, 8));
         let (e_close, f_close) = (e.close.clone(), f.close.clone());
         p.attach("t3", "x", e);
         p.attach("t3", "y", f);

@@ -73,6 +73,18 @@ impl IdemRecord {
         from_json(raw)
     }
 
+    /// Write this binding of `(tenant, key)`.
+    fn put(
+        &self,
+        t: &mut Table<'_, (&'static str, &'static str), &'static [u8]>,
+        tenant: &str,
+        key: &str,
+    ) -> Result<()> {
+        t.insert((tenant, key), to_json(self)?.as_slice())
+            .map_err(storage_err)?;
+        Ok(())
+    }
+
     /// The binding of `(tenant, key)` in the idempotency table.
     fn get(
         t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
@@ -587,8 +599,7 @@ impl Store for EmbeddedStore {
                         });
                     }
                 }
-                t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
-                    .map_err(storage_err)?;
+                rec.put(&mut t, &tenant, &key)?;
                 Ok(Claim::New)
             })
             .await
@@ -620,8 +631,7 @@ impl Store for EmbeddedStore {
                     }
                     Some(_) => return Ok(()),
                 };
-                t.insert((tenant.as_str(), key.as_str()), to_json(&rec)?.as_slice())
-                    .map_err(storage_err)?;
+                rec.put(&mut t, &tenant, &key)?;
                 Ok(())
             })
             .await

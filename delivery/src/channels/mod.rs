@@ -58,6 +58,10 @@ pub fn http_client(allow_private: bool, timeout: Duration) -> Result<reqwest::Cl
         .map_err(|e| Error::internal(format!("http client: {e}")))
 }
 
+/// What [`describe`] says of a request the egress guard refused (it stays refused: retrying
+/// cannot help).
+pub const REFUSED: &str = "destination address not allowed";
+
 /// What a tenant may be told of a failed request: whether it timed out, was refused by the
 /// egress guard, or could not connect, never the reason a connection failed (that would
 /// tell open ports from closed ones inside our network).
@@ -65,7 +69,7 @@ pub fn describe(e: &reqwest::Error) -> &'static str {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.is::<Refused>() {
-            return "destination address not allowed";
+            return REFUSED;
         }
         source = s.source();
     }
@@ -92,7 +96,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        assert_eq!(describe(&e), "destination address not allowed");
+        assert_eq!(describe(&e), REFUSED);
         // nothing reached the listener
         let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
         assert!(accepted.is_err(), "a connection was made");

@@ -103,8 +103,7 @@ pub async fn post(
             let error = super::describe(&e);
             Err(Failure {
                 error: error.into(),
-                // an address the guard refuses stays refused
-                retriable: error != "destination address not allowed",
+                retriable: error != super::REFUSED,
             })
         }
     }
@@ -124,8 +123,6 @@ const TENANT_BACKLOG: usize = 8;
 /// its tenant's deliveries in line, up to [`MAX_DEFER`].
 const DEFER: Duration = Duration::from_secs(1);
 const MAX_DEFER: Duration = Duration::from_secs(30);
-/// Offsets are committed at least this often while deliveries complete.
-const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
 /// One tenant's share of a lane: its own concurrency bound, and how many of its deliveries
 /// are waiting or running.
@@ -210,7 +207,7 @@ async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Resul
                 }
             }
         }
-        if last_commit.elapsed() >= COMMIT_EVERY || running.is_empty() {
+        if last_commit.elapsed() >= crate::COMMIT_EVERY || running.is_empty() {
             let offsets = pending.committable();
             if offsets != committed {
                 consumer.commit(&offsets).await?;
