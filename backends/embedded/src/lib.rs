@@ -150,9 +150,11 @@ impl Engine {
         self.jobs
             .send((tidings_core::hint::is_urgent(), job))
             .await
-            .map_err(|_| Error::unavailable("the storage writer has stopped"))?;
+            .map_err(|_| storage_err("the storage writer has stopped"))?;
+        // the writer drops a write only on a storage fault (a transaction it cannot begin, or
+        // the database reopening after a failed write): the caller sees that fault
         rx.await
-            .map_err(|_| Error::unavailable("the storage writer dropped a write"))?
+            .map_err(|_| storage_err("the write was not committed: storage is failing"))?
     }
 
     /// A consistent snapshot for reading.
