@@ -9,8 +9,10 @@
 //!   each under an address-space limit (`templates.memory_mb`) and killed past
 //!   `templates.timeout_ms`; a template that grows one value past the limit (string
 //!   repetition and concatenation are single instructions, so fuel alone does not bound
-//!   memory) takes down only its worker. Renders never run on the async workers, and at most
-//!   `templates.workers` run at once, so one tenant's template cannot stall the others.
+//!   memory) takes down only its worker. Renders never run on the async workers. The API and
+//!   the router each have `templates.workers` of them; on the API's a tenant runs at most
+//!   half at once (the rest wait, and are refused with `render_busy` past the time limit),
+//!   so one tenant's template cannot stall the others, nor API traffic the router.
 //!
 //! Whatever passes a bound is `template_limit_exceeded` (422): at save (a trial render with
 //! empty data), at preview and at send. The router renders exactly what ingest validated.

@@ -9,8 +9,9 @@
 //! hashes, 8 bytes each), so a message that arrives live and again in a replay is shown once.
 //! Its send queue is bounded in frames and bytes, and every write to the client has a
 //! deadline: a connection that falls behind or stops reading is closed (1008) and catches up
-//! with `resume`. A connection closes when its token expires (4001: reconnect with a fresh
-//! token), and the oldest of a user's connections closes past the per-user limit (4002).
+//! with `resume`. A connection closes when its token expires or a rotation retires the secret
+//! that verified it (4001: reconnect with a fresh token), when the user opens more than the
+//! per-user limit (4002, the oldest closes), and when its tenant is disabled (4003).
 //!
 //! Client frames are handled in order by a task of their own, so pushes keep flowing while an
 //! ack is being persisted; acks waiting in its queue are persisted together (one inbox write,
