@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, from nothing: toolchain components, format, lints, every test.
-# This version needs no outside services (every backend is embedded); the Kafka, Cassandra
-# and Redis backends will add their start-up here.
+# The whole test suite, from nothing: toolchain components, the real servers the tests talk
+# to (Apache Kafka, fetched once into ~/.cache/tidings), format, lints, every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +16,23 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+
+# Java 17 and Maven fetch and run Kafka (scripts/services/kafka.sh)
+if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
+  echo "== installing Java 17 and Maven"
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
+fi
+
+SERVICES="$(mktemp -d "${TMPDIR:-/tmp}/tidings-services.XXXXXX")"
+stop_services() {
+  scripts/services/kafka.sh stop "$SERVICES/kafka" || true
+  rm -rf "$SERVICES"
+}
+trap stop_services EXIT
+echo "== starting Kafka"
+eval "$(scripts/services/kafka.sh start "$SERVICES/kafka")"
+export TIDINGS_TEST_KAFKA
+echo "Kafka on $TIDINGS_TEST_KAFKA"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -160,11 +160,16 @@ fn bus(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let bus = tidings_bus::embedded::EmbeddedBus::open(
         &dir.path().join("bus.redb"),
-        8,
         Duration::from_secs(3600),
     )
     .unwrap();
-    rt.block_on(bus.ensure_topic("bench")).unwrap();
+    rt.block_on(bus.ensure_topic(&tidings_core::bus::TopicSpec {
+        name: "bench".into(),
+        partitions: 8,
+        replication: 0,
+        retention_ms: None,
+    }))
+    .unwrap();
     let batch = |n: usize| -> Vec<OutRecord> {
         (0..n)
             .map(|i| OutRecord::new("bench", format!("user-{i}").into_bytes(), vec![7u8; 300]))

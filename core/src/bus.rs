@@ -1,13 +1,22 @@
 //! The bus port: a partitioned, durable log of named topics (Kafka's model).
 //!
-//! What every backend guarantees:
+//! What every backend guarantees (the conformance suite, `crate::conformance`, checks each):
 //! - **Durable appends.** [`Bus::append`] returns only once the records would survive a
 //!   `kill -9` of this process (embedded: fsynced; Kafka: acknowledged by the in-sync replicas).
 //! - **Order per key.** Records with the same key land in the same partition, in append order.
-//! - **Consumer groups, at-least-once.** A [`Consumer`] of a group reads every partition of its
-//!   topic from the group's committed offsets. Reading does not commit: after a crash the group
-//!   resumes from the last [`Consumer::commit`], so a record whose work was not committed is
-//!   read again. Commit an offset only once the work it covers is durable downstream.
+//! - **Consumer groups split partitions.** The live consumers of one group on one topic share
+//!   its partitions: each partition is held by one of them at a time. When a consumer joins or
+//!   leaves, partitions move; a consumer learns what it gained and lost from
+//!   [`Consumer::take_rebalance`] after a poll, and from then on reads only what it holds.
+//! - **Stored is not committed.** [`Consumer::store`] marks the work before an offset as
+//!   durable downstream; [`Consumer::commit`] makes the stored offsets the group's. Backends
+//!   also commit what was stored before they give a partition up, and a consumer that no longer
+//!   holds a partition can neither store nor commit it (its late work never moves the new
+//!   holder's position). After a crash the group resumes from the last commit, so a record
+//!   whose work was not committed is read again: at-least-once.
+//! - **Pause without leaving.** A paused partition yields nothing while its consumer keeps
+//!   polling (Kafka evicts a member that stops polling); resuming continues after the last
+//!   record polled.
 //! - **Cancel-safe polling.** A [`Consumer::poll`] dropped before it returns loses nothing, so
 //!   stages may `select!` over several consumers.
 
@@ -53,18 +62,67 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// How a topic should be: `tidings migrate` and start-up create it so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    /// Copies of each partition; 0 takes the cluster's default (embedded: ignored).
+    pub replication: u16,
+    /// How long records are kept, ms; `None` keeps the backend's default.
+    pub retention_ms: Option<u64>,
+}
+
+/// What [`Bus::ensure_topic`] found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicState {
+    /// Whether this call created it.
+    pub created: bool,
+    /// Partitions it has now (an existing topic keeps its own count).
+    pub partitions: u32,
+}
+
+/// Partitions a consumer gained and lost, in the order the backend reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebalance {
+    pub revoked: Vec<u32>,
+    pub assigned: Vec<u32>,
+}
+
+impl Rebalance {
+    pub fn is_empty(&self) -> bool {
+        self.revoked.is_empty() && self.assigned.is_empty()
+    }
+
+    /// Fold a later change into this one.
+    pub fn merge(&mut self, later: Rebalance) {
+        for p in later.revoked {
+            self.assigned.retain(|a| *a != p);
+            if !self.revoked.contains(&p) {
+                self.revoked.push(p);
+            }
+        }
+        for p in later.assigned {
+            if !self.assigned.contains(&p) {
+                self.assigned.push(p);
+            }
+        }
+    }
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Create `topic` if missing (idempotent).
-    async fn ensure_topic(&self, topic: &str) -> Result<()>;
+    /// Create the topic if missing (idempotent); an existing topic is left as it is and its
+    /// partition count returned.
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicState>;
 
     /// Append records durably; returns their positions, in the same order.
     async fn append(&self, records: Vec<OutRecord>) -> Result<Vec<Position>>;
 
-    /// A consumer of `topic` in consumer group `group`.
+    /// A new member of consumer group `group` reading `topic`.
     async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>>;
 
-    /// Records of `topic` not yet committed by `group` (its lag), for the queue-depth gauges.
+    /// Records of `topic` not yet committed by `group` (its lag), for the lag gauges.
     async fn lag(&self, group: &str, topic: &str) -> Result<u64>;
 
     /// Whether the backend answers (for `/readyz`).
@@ -76,20 +134,38 @@ pub trait Consumer: Send {
     /// The topic this consumer reads.
     fn topic(&self) -> &str;
 
-    /// Up to `max` records, waiting at most `wait` for the first one. Records come in order
-    /// within a partition. Cancel-safe.
+    /// Up to `max` records of the partitions it holds and has not paused, waiting at most
+    /// `wait` for the first one. Records come in order within a partition. Cancel-safe.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>>;
 
-    /// Commit `(partition, next offset to read)` pairs for the group.
-    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<()>;
+    /// The partitions this consumer holds now.
+    fn assignment(&self) -> Vec<u32>;
 
-    /// Commit everything up to and including `records`.
+    /// What was gained and lost since the last call (`None`: nothing). Work in flight on a
+    /// revoked partition must be finished or abandoned: its offsets can no longer be stored.
+    fn take_rebalance(&mut self) -> Option<Rebalance>;
+
+    /// Stop reading these partitions (held ones; others are ignored) while polling goes on.
+    fn pause(&mut self, partitions: &[u32]) -> Result<()>;
+
+    /// Read these partitions again, from after the last record polled.
+    fn resume(&mut self, partitions: &[u32]) -> Result<()>;
+
+    /// Mark `(partition, next offset to read)` pairs as done; offsets of partitions this
+    /// consumer does not hold are dropped. Nothing is durable until [`Consumer::commit`].
+    fn store(&mut self, offsets: &[(u32, u64)]) -> Result<()>;
+
+    /// Make the stored offsets the group's, durably.
+    async fn commit(&mut self) -> Result<()>;
+
+    /// Store and commit everything up to and including `records`.
     async fn commit_records(&mut self, records: &[Record]) -> Result<()> {
         let offsets = next_offsets(records);
         if offsets.is_empty() {
             return Ok(());
         }
-        self.commit(&offsets).await
+        self.store(&offsets)?;
+        self.commit().await
     }
 }
 

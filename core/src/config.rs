@@ -79,8 +79,21 @@ pub struct BusConfig {
     pub kafka_brokers: String,
     /// `TIDINGS_SCHEMA_REGISTRY_URL`.
     pub schema_registry_url: String,
-    /// Embedded bus: how long records nobody consumes are kept, in hours.
+    /// How long records are kept, in hours (Kafka: the topics' `retention.ms`; embedded:
+    /// records no group reads).
     pub retention_hours: u64,
+    /// Kafka: copies of each partition when `tidings migrate` creates a topic (0: the
+    /// cluster's `default.replication.factor`). Production clusters want 3.
+    pub replication_factor: u16,
+    /// Kafka: partitions of the request topics, if not `partitions` (requests are keyed by
+    /// tenant and user, so more partitions spread one tenant over more routers).
+    pub request_partitions: u32,
+    /// Longest an append waits for the brokers before it fails with `bus_unavailable`
+    /// (`TIDINGS_BUS_PRODUCE_TIMEOUT_MS`).
+    pub produce_timeout_ms: u64,
+    /// Extra librdkafka properties for every Kafka client (TLS, SASL, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`.
+    pub kafka_properties: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BusConfig {
@@ -91,6 +104,10 @@ impl Default for BusConfig {
             kafka_brokers: "127.0.0.1:9092".into(),
             schema_registry_url: String::new(),
             retention_hours: 168,
+            replication_factor: 0,
+            request_partitions: 0,
+            produce_timeout_ms: 5_000,
+            kafka_properties: Default::default(),
         }
     }
 }
@@ -362,6 +379,7 @@ const ENV_KEYS: &[&str] = &[
     "TIDINGS_BUS",
     "TIDINGS_BUS_PARTITIONS",
     "TIDINGS_KAFKA_BROKERS",
+    "TIDINGS_BUS_PRODUCE_TIMEOUT_MS",
     "TIDINGS_SCHEMA_REGISTRY_URL",
     "TIDINGS_STORE",
     "TIDINGS_SCYLLA_NODES",
@@ -436,6 +454,7 @@ impl Config {
                 "TIDINGS_BUS" => self.bus.backend = v,
                 "TIDINGS_BUS_PARTITIONS" => self.bus.partitions = num(&v)? as u32,
                 "TIDINGS_KAFKA_BROKERS" => self.bus.kafka_brokers = v,
+                "TIDINGS_BUS_PRODUCE_TIMEOUT_MS" => self.bus.produce_timeout_ms = num(&v)?,
                 "TIDINGS_SCHEMA_REGISTRY_URL" => self.bus.schema_registry_url = v,
                 "TIDINGS_STORE" => self.store.backend = v,
                 "TIDINGS_SCYLLA_NODES" => self.store.scylla_nodes = v,
@@ -495,6 +514,11 @@ impl Config {
         }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             return bad("bus.partitions: must be 1..=1024".into());
+        }
+        if self.bus.request_partitions > 1024 || self.bus.produce_timeout_ms == 0 {
+            return bad(
+                "bus: request_partitions must be 0..=1024, produce_timeout_ms positive".into(),
+            );
         }
         if self.limits.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes: must be at least 1024".into());

@@ -2,16 +2,75 @@
 //! `cargo test`, the distributed ones against real servers. Each takes fresh names (`prefix`)
 //! so suites can share a server. They panic on the first broken guarantee.
 
-use crate::bus::{Bus, OutRecord};
+use crate::bus::{Bus, Consumer, OutRecord, Record, TopicSpec};
 use crate::model::*;
 use crate::store::{Claim, NewInboxRow, Store};
 use std::time::Duration;
 
+fn spec(name: &str, partitions: u32) -> TopicSpec {
+    TopicSpec {
+        name: name.to_string(),
+        partitions,
+        replication: 0,
+        retention_ms: None,
+    }
+}
+
+/// Poll `c` until `n` records came or `within` passed; panics on a poll error.
+async fn read_n(c: &mut dyn Consumer, n: usize, within: Duration) -> Vec<Record> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n && tokio::time::Instant::now() < deadline {
+        got.extend(
+            c.poll(n - got.len(), Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    got
+}
+
+/// Poll every consumer (keeping what they read) until each holds some partitions, and their
+/// assignments are disjoint and cover `partitions`, as a group settles after a member joins
+/// or leaves.
+async fn settle(cs: &mut [&mut Box<dyn Consumer>], partitions: u32, read: &mut [Vec<Record>]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for (i, c) in cs.iter_mut().enumerate() {
+            read[i].extend(c.poll(1000, Duration::from_millis(100)).await.unwrap());
+        }
+        let mut all: Vec<u32> = cs.iter().flat_map(|c| c.assignment()).collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        let everyone = cs.iter().all(|c| !c.assignment().is_empty());
+        if everyone && n == partitions as usize && all == (0..partitions).collect::<Vec<_>>() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group never settled: {:?}",
+            cs.iter().map(|c| c.assignment()).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn value_u32(r: &Record) -> u32 {
+    u32::from_be_bytes(r.value.clone().try_into().unwrap())
+}
+
 /// The bus guarantees of [`crate::bus`].
 pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     let topic = format!("{prefix}.conf");
-    bus.ensure_topic(&topic).await.unwrap();
-    bus.ensure_topic(&topic).await.unwrap();
+    let first = bus.ensure_topic(&spec(&topic, 4)).await.unwrap();
+    assert!(first.created);
+    assert_eq!(first.partitions, 4);
+    let again = bus.ensure_topic(&spec(&topic, 8)).await.unwrap();
+    assert!(!again.created, "ensure_topic is idempotent");
+    assert_eq!(
+        again.partitions, 4,
+        "an existing topic keeps its partitions"
+    );
 
     // order per key, positions returned in order
     let mut recs = Vec::new();
@@ -29,21 +88,31 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     let mut c = bus.consumer("g1", &topic).await.unwrap();
     assert_eq!(c.topic(), topic);
     let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while got.len() < 50 {
-        let batch = c.poll(17, Duration::from_secs(5)).await.unwrap();
+        let batch = c.poll(17, Duration::from_secs(1)).await.unwrap();
+        assert!(batch.len() <= 17);
+        got.extend(batch);
         assert!(
-            !batch.is_empty(),
+            tokio::time::Instant::now() < deadline,
             "poll timed out after {} records",
             got.len()
         );
-        assert!(batch.len() <= 17);
-        got.extend(batch);
     }
+    assert_eq!(
+        c.assignment(),
+        vec![0, 1, 2, 3],
+        "a lone member holds every partition"
+    );
+    let rb = c
+        .take_rebalance()
+        .expect("the first assignment is reported");
+    assert_eq!(rb.assigned.len(), 4);
     for k in 0..5u32 {
         let seq: Vec<u32> = got
             .iter()
             .filter(|r| r.key == format!("k{k}").into_bytes())
-            .map(|r| u32::from_be_bytes(r.value.clone().try_into().unwrap()))
+            .map(value_u32)
             .collect();
         let want: Vec<u32> = (0..50).filter(|i| i % 5 == k).collect();
         assert_eq!(seq, want, "order of key k{k}");
@@ -54,6 +123,18 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
             .collect();
         assert_eq!(parts.len(), 1, "one key, one partition");
     }
+    for (r, p) in got.iter().filter(|r| r.key == b"k0").zip(
+        pos.iter()
+            .enumerate()
+            .filter(|(i, _)| i % 5 == 0)
+            .map(|(_, p)| p),
+    ) {
+        assert_eq!(
+            (r.partition, r.offset),
+            (p.partition, p.offset),
+            "positions"
+        );
+    }
     assert!(c
         .poll(10, Duration::from_millis(50))
         .await
@@ -61,27 +142,10 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
         .is_empty());
     assert_eq!(bus.lag("g1", &topic).await.unwrap(), 50);
 
-    // commit part, a new consumer of the group resumes after it
+    // a new member starts from the last commit
     c.commit_records(&got[..20]).await.unwrap();
     drop(c);
-    let mut c2 = bus.consumer("g1", &topic).await.unwrap();
-    let mut again = Vec::new();
-    loop {
-        let b = c2.poll(100, Duration::from_millis(200)).await.unwrap();
-        if b.is_empty() {
-            break;
-        }
-        again.extend(b);
-    }
     let committed: Vec<(u32, u64)> = crate::bus::next_offsets(&got[..20]);
-    for r in &again {
-        if let Some((_, next)) = committed.iter().find(|(p, _)| *p == r.partition) {
-            assert!(
-                r.offset >= *next,
-                "record below the committed offset came back"
-            );
-        }
-    }
     let expect_again = got
         .iter()
         .filter(|r| {
@@ -91,20 +155,35 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
                 .is_none_or(|(_, n)| r.offset >= *n)
         })
         .count();
+    assert_eq!(bus.lag("g1", &topic).await.unwrap(), expect_again as u64);
+    let mut c2 = bus.consumer("g1", &topic).await.unwrap();
+    let again = read_n(c2.as_mut(), expect_again, Duration::from_secs(30)).await;
+    for r in &again {
+        if let Some((_, next)) = committed.iter().find(|(p, _)| *p == r.partition) {
+            assert!(
+                r.offset >= *next,
+                "record below the committed offset came back"
+            );
+        }
+    }
     assert_eq!(
         again.len(),
         expect_again,
         "uncommitted records are read again"
     );
+    assert!(c2
+        .poll(10, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+    drop(c2);
 
     // another group reads everything independently
     let mut g2 = bus.consumer("g2", &topic).await.unwrap();
-    let mut n = 0;
-    while n < 50 {
-        let b = g2.poll(100, Duration::from_secs(5)).await.unwrap();
-        assert!(!b.is_empty());
-        n += b.len();
-    }
+    assert_eq!(
+        read_n(g2.as_mut(), 50, Duration::from_secs(30)).await.len(),
+        50
+    );
 
     // a waiting poll wakes up on append
     let waiter = async {
@@ -123,6 +202,218 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
         .unwrap();
     };
     tokio::join!(waiter, appender);
+    drop(g2);
+
+    group_conformance(bus, prefix).await;
+    pause_conformance(bus, prefix).await;
+}
+
+/// Two members of a group split the partitions, a commit after a revoke changes nothing, and
+/// the survivor takes over from the leaver's commits.
+async fn group_conformance(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.group");
+    bus.ensure_topic(&spec(&topic, 4)).await.unwrap();
+    let append = |from: u32, to: u32| {
+        let recs = (from..to)
+            .map(|i| {
+                OutRecord::new(
+                    &topic,
+                    format!("user{}", i % 16).into_bytes(),
+                    i.to_be_bytes().to_vec(),
+                )
+            })
+            .collect::<Vec<_>>();
+        bus.append(recs)
+    };
+    append(0, 40).await.unwrap();
+
+    // the first member takes everything and reads it
+    let mut a = bus.consumer("split", &topic).await.unwrap();
+    let first = read_n(a.as_mut(), 40, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), 40);
+    a.take_rebalance();
+
+    // a second member joins: the partitions split, each held by one member
+    let mut b = bus.consumer("split", &topic).await.unwrap();
+    let mut read = vec![Vec::new(), Vec::new()];
+    settle(&mut [&mut a, &mut b], 4, &mut read).await;
+    assert!(
+        !a.assignment().is_empty() && !b.assignment().is_empty(),
+        "both members hold partitions: {:?} {:?}",
+        a.assignment(),
+        b.assignment()
+    );
+    let lost = a
+        .take_rebalance()
+        .expect("the first member lost partitions");
+    assert!(!lost.revoked.is_empty());
+    for p in &lost.revoked {
+        assert!(!a.assignment().contains(p));
+        assert!(b.assignment().contains(p));
+    }
+    // nothing was committed before the split, so the newcomer reads its partitions from 0
+    let moved: Vec<&Record> = first
+        .iter()
+        .filter(|r| lost.revoked.contains(&r.partition))
+        .collect();
+    let mut b_read = std::mem::take(&mut read[1]);
+    b_read.extend(
+        read_n(
+            b.as_mut(),
+            moved.len().saturating_sub(b_read.len()),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
+    assert_eq!(
+        b_read.len(),
+        moved.len(),
+        "the newcomer reads what was never committed"
+    );
+
+    // the old holder's late commit of a revoked partition moves nothing
+    let late: Vec<(u32, u64)> = crate::bus::next_offsets(&first)
+        .into_iter()
+        .filter(|(p, _)| lost.revoked.contains(p))
+        .collect();
+    a.store(&late).unwrap();
+    a.commit().await.unwrap();
+    let kept: Vec<(u32, u64)> = crate::bus::next_offsets(&first)
+        .into_iter()
+        .filter(|(p, _)| a.assignment().contains(p))
+        .collect();
+    a.store(&kept).unwrap();
+    a.commit().await.unwrap();
+    let kept_records = first
+        .iter()
+        .filter(|r| a.assignment().contains(&r.partition))
+        .count();
+    assert_eq!(
+        bus.lag("split", &topic).await.unwrap(),
+        (40 - kept_records) as u64,
+        "only the holder's commit counts"
+    );
+
+    // new records go to whoever holds their partition, once
+    append(40, 80).await.unwrap();
+    let mut seen: Vec<Record> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 40 && tokio::time::Instant::now() < deadline {
+        for c in [&mut a, &mut b] {
+            let held = c.assignment();
+            for r in c.poll(100, Duration::from_millis(100)).await.unwrap() {
+                assert!(
+                    held.contains(&r.partition),
+                    "a record of a partition not held"
+                );
+                seen.push(r);
+            }
+        }
+    }
+    let mut values: Vec<u32> = seen.iter().map(value_u32).collect();
+    values.sort();
+    assert_eq!(values, (40..80).collect::<Vec<_>>(), "each record once");
+
+    // b commits only what it read before the second batch, and leaves: a takes over from
+    // b's commits and reads b's share of the second batch
+    let b_held = b.assignment();
+    b.store(&crate::bus::next_offsets(&b_read)).unwrap();
+    b.commit().await.unwrap();
+    drop(b);
+    let mut read = vec![Vec::new()];
+    settle(&mut [&mut a], 4, &mut read).await;
+    let gained = a.take_rebalance().expect("the survivor gained partitions");
+    for p in &b_held {
+        assert!(gained.assigned.contains(p));
+    }
+    let want: Vec<u32> = seen
+        .iter()
+        .filter(|r| b_held.contains(&r.partition))
+        .map(value_u32)
+        .collect();
+    let mut taken = std::mem::take(&mut read[0]);
+    taken.extend(
+        read_n(
+            a.as_mut(),
+            want.len().saturating_sub(taken.len()),
+            Duration::from_secs(10),
+        )
+        .await,
+    );
+    let mut taken: Vec<u32> = taken.iter().map(value_u32).collect();
+    taken.sort();
+    let mut want = want;
+    want.sort();
+    assert_eq!(
+        taken, want,
+        "the survivor resumes from the leaver's commits"
+    );
+    assert!(a
+        .poll(10, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A paused partition yields nothing while polling goes on; resumed, it continues in order.
+async fn pause_conformance(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.pause");
+    bus.ensure_topic(&spec(&topic, 2)).await.unwrap();
+    let mut c = bus.consumer("pauser", &topic).await.unwrap();
+    // join first, so the pause applies to a held partition
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.assignment().len() < 2 {
+        assert!(c
+            .poll(10, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(tokio::time::Instant::now() < deadline, "never assigned");
+    }
+    let recs: Vec<OutRecord> = (0..20u32)
+        .map(|i| {
+            OutRecord::new(
+                &topic,
+                format!("k{i}").into_bytes(),
+                i.to_be_bytes().to_vec(),
+            )
+        })
+        .collect();
+    let pos = bus.append(recs).await.unwrap();
+    let on0 = pos.iter().filter(|p| p.partition == 0).count();
+    assert!(on0 > 0 && on0 < 20, "both partitions have records");
+    c.pause(&[0]).unwrap();
+    let got = read_n(c.as_mut(), 20 - on0, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 20 - on0);
+    assert!(
+        got.iter().all(|r| r.partition == 1),
+        "a paused partition was read"
+    );
+    assert!(c
+        .poll(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
+    c.resume(&[0]).unwrap();
+    let rest = read_n(c.as_mut(), on0, Duration::from_secs(20)).await;
+    assert_eq!(rest.len(), on0);
+    assert!(rest.iter().all(|r| r.partition == 0));
+    let offsets: Vec<u64> = rest.iter().map(|r| r.offset).collect();
+    let mut sorted = offsets.clone();
+    sorted.sort();
+    assert_eq!(offsets, sorted, "in order after a resume");
+
+    // stored is not committed until commit
+    let mut all = got;
+    all.extend(rest);
+    c.store(&crate::bus::next_offsets(&all)).unwrap();
+    assert_eq!(
+        bus.lag("pauser", &topic).await.unwrap(),
+        20,
+        "a store committed"
+    );
+    c.commit().await.unwrap();
+    assert_eq!(bus.lag("pauser", &topic).await.unwrap(), 0);
 }
 
 fn item(id: &str, title: &str) -> InboxItem {

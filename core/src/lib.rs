@@ -4,6 +4,8 @@
 //! - [`config`]: the typed configuration and its `TIDINGS_*` overrides
 //! - [`error`]: the classified error type; [`http`] turns it into JSON error bodies
 //! - [`bus`], [`store`], [`presence`]: the three ports, each a documented trait
+//! - [`stage`]: the stage runner, the one consumer loop of every stage; [`backoff`]: the one
+//!   retry policy
 //! - [`conformance`]: the test suites every backend of a port must pass
 //! - [`template`]: minijinja rendering; [`auth`]: API keys and user JWTs
 //! - [`egress`]: which addresses tidings may connect to for a tenant (SSRF guard)
@@ -11,6 +13,7 @@
 //! - [`metrics_names`]: every metric name, declared once
 
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod conformance;
@@ -21,6 +24,7 @@ pub mod http;
 pub mod metrics_names;
 pub mod model;
 pub mod presence;
+pub mod stage;
 pub mod store;
 pub mod template;
 
@@ -121,7 +125,29 @@ impl Context {
             .map(|_| ())
     }
 
-    /// Every topic the pipeline uses, for `migrate` and start-up.
+    /// Every topic the pipeline uses, as the config wants it, for `migrate` and start-up.
+    pub fn topic_specs(&self) -> Vec<bus::TopicSpec> {
+        let b = &self.config.bus;
+        let requests: Vec<String> = model::Priority::ALL
+            .iter()
+            .map(|p| self.requests_topic(*p))
+            .collect();
+        self.all_topics()
+            .into_iter()
+            .map(|name| bus::TopicSpec {
+                partitions: if requests.contains(&name) && b.request_partitions > 0 {
+                    b.request_partitions
+                } else {
+                    b.partitions
+                },
+                name,
+                replication: b.replication_factor,
+                retention_ms: Some(b.retention_hours * 3600 * 1000),
+            })
+            .collect()
+    }
+
+    /// Every topic the pipeline uses.
     pub fn all_topics(&self) -> Vec<String> {
         let mut t: Vec<String> = model::Priority::ALL
             .iter()

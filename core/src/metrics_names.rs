@@ -35,3 +35,12 @@ pub const BUS_QUEUE_DEPTH: &str = "tidings_bus_queue_depth";
 pub const EVENTS_TOTAL: &str = "tidings_events_total";
 /// Counter: HTTP connections closed at accept because the connection cap was reached.
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "tidings_http_connections_refused_total";
+/// Records of a topic its consumer group has not committed yet; labels `topic` (the short
+/// name) and `group`.
+pub const BUS_CONSUMER_LAG: &str = "tidings_bus_consumer_lag";
+/// Partitions a consumer gained or lost; label `kind` (assigned, revoked).
+pub const BUS_REBALANCES_TOTAL: &str = "tidings_bus_rebalances_total";
+/// Appends the bus refused or timed out; label `topic` (the short name).
+pub const BUS_PRODUCE_ERRORS_TOTAL: &str = "tidings_bus_produce_errors_total";
+/// Records a stage could not use and sent to `dlq`; labels `stage`, `reason` (an error code).
+pub const STAGE_DEAD_LETTERS_TOTAL: &str = "tidings_stage_dead_letters_total";

@@ -25,10 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "tidings-delivery";
 
-/// Longest a finished delivery (pushed or posted) waits for its offset to be committed: each
-/// channel commits at most this often, keeping commits' fsyncs off the delivery path.
-pub const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Run `lane` on each delivery topic of `channel`, each in a task of its own; ends with the
 /// first lane that fails (the others are stopped), or when all have stopped.
 async fn per_lane<F, Fut>(

@@ -1,159 +1,160 @@
 //! Holding deliveries until due. The worker reads `retry.<tier>`, keeps what it read in a
-//! timer heap, and re-emits each delivery to `deliveries.<channel>` when due. It commits a
-//! partition only up to its oldest delivery not yet re-emitted, so a crash re-reads (and
-//! re-holds) what was pending: at-least-once, nothing lost. The heap is bounded: when full, the
-//! worker stops reading until something falls due.
+//! timer heap, and re-emits each delivery to `deliveries.<channel>` when due. Each held
+//! delivery keeps a [`Ticket`], so the stage runner commits a partition only up to its oldest
+//! delivery not yet re-emitted: a crash re-reads (and re-holds) what was pending, at least
+//! once, nothing lost. The heap is bounded: when full, the runner pauses the topic (it keeps
+//! polling, so the group keeps the member) until something falls due. A partition that moves
+//! to another member is dropped from the heap; its new holder reads it again from the commit.
 
+use async_trait::async_trait;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::time::Duration;
-use tidings_core::bus::OutRecord;
+use std::collections::{BTreeMap, BinaryHeap};
+use tidings_core::bus::{OutRecord, Record};
 use tidings_core::metrics_names::{RETRY_PENDING, RETRY_REEMITTED_TOTAL};
-use tidings_core::model::now_ms;
+use tidings_core::model::{now_ms, Delivery};
+use tidings_core::stage::{Batch, Handler, Lane, Ticket};
 use tidings_core::{Context, Result};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "tidings-retry";
 const MAX_HELD: usize = 100_000;
-
-/// Which offsets of each partition are read but not yet done, to commit no further than them.
-#[derive(Default, Debug)]
-pub struct Pending {
-    held: BTreeMap<u32, BTreeSet<u64>>,
-    read_to: BTreeMap<u32, u64>,
-}
-
-impl Pending {
-    pub fn read(&mut self, partition: u32, offset: u64) {
-        self.held.entry(partition).or_default().insert(offset);
-        let r = self.read_to.entry(partition).or_insert(0);
-        *r = (*r).max(offset + 1);
-    }
-
-    pub fn done(&mut self, partition: u32, offset: u64) {
-        if let Some(s) = self.held.get_mut(&partition) {
-            s.remove(&offset);
-        }
-    }
-
-    /// `(partition, next offset)` safe to commit: the oldest held offset, or all that was read.
-    pub fn committable(&self) -> Vec<(u32, u64)> {
-        self.read_to
-            .iter()
-            .map(|(p, read_to)| {
-                let oldest = self.held.get(p).and_then(|s| s.iter().next().copied());
-                (*p, oldest.unwrap_or(*read_to))
-            })
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.held.values().map(|s| s.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// Most deliveries re-emitted in one append.
+const EMIT_BATCH: usize = 1024;
 
 /// Run the worker of one tier until shutdown.
 pub async fn run(ctx: Context, tier: &'static str, shutdown: CancellationToken) -> Result<()> {
-    let mut consumer = ctx.bus.consumer(GROUP, &ctx.retry_topic(tier)).await?;
-    let codec = tidings_schemas::codec();
-    // (due, partition, offset) -> the delivery bytes
-    let mut heap: BinaryHeap<Reverse<(i64, u32, u64)>> = BinaryHeap::new();
-    let mut bodies: BTreeMap<(u32, u64), (Vec<u8>, Vec<u8>)> = BTreeMap::new();
-    let mut pending = Pending::default();
-    loop {
-        let now = now_ms();
-        let next_due = heap.peek().map(|Reverse((due, _, _))| *due);
-        let wait = next_due
-            .map(|d| Duration::from_millis((d - now).max(0) as u64))
-            .unwrap_or(Duration::from_secs(1));
-        if next_due.is_none_or(|d| d > now) {
-            let records = if heap.len() >= MAX_HELD {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(wait) => Vec::new(),
-                }
-            } else {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    r = consumer.poll(1024, wait) => r?,
-                }
-            };
-            for r in records {
-                match codec.decode_delivery(&r.value) {
-                    Ok(d) => {
-                        heap.push(Reverse((d.due_at_ms, r.partition, r.offset)));
-                        bodies.insert((r.partition, r.offset), (r.key, r.value));
-                        pending.read(r.partition, r.offset);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, tier, "undecodable retry record dropped to dlq");
-                        ctx.bus
-                            .append(vec![OutRecord::new(ctx.dlq_topic(), r.key, r.value)])
-                            .await?;
-                        pending.read(r.partition, r.offset);
-                        pending.done(r.partition, r.offset);
-                    }
-                }
-            }
-        }
-        // re-emit everything due
-        let now = now_ms();
-        let mut out = Vec::new();
-        let mut emitted = Vec::new();
-        while let Some(Reverse((due, p, o))) = heap.peek().copied() {
-            if due > now || out.len() >= 1024 {
-                break;
-            }
-            heap.pop();
-            if let Some((key, value)) = bodies.remove(&(p, o)) {
-                let d = codec.decode_delivery(&value)?;
-                metrics::counter!(RETRY_REEMITTED_TOTAL, "channel" => d.channel.as_str())
-                    .increment(1);
-                out.push(OutRecord::new(
-                    ctx.deliveries_topic(d.channel, d.priority),
-                    key,
-                    value,
-                ));
-                emitted.push((p, o));
-            }
-        }
-        if !out.is_empty() {
-            ctx.bus.append(out).await?;
-            for (p, o) in emitted {
-                pending.done(p, o);
-            }
-        }
-        let commit = pending.committable();
-        if !commit.is_empty() {
-            consumer.commit(&commit).await?;
-        }
-        metrics::gauge!(RETRY_PENDING, "tier" => tier).set(pending.len() as f64);
-    }
+    let consumer = ctx.bus.consumer(GROUP, &ctx.retry_topic(tier)).await?;
+    let lanes = vec![Lane {
+        consumer,
+        max: 1024,
+    }];
+    let hold = Hold {
+        ctx: ctx.clone(),
+        tier,
+        heap: BinaryHeap::new(),
+        held: BTreeMap::new(),
+        backoff_until: None,
+    };
+    tidings_core::stage::run(ctx, hold, lanes, shutdown).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Pending;
+/// A delivery waiting for its time.
+struct Held {
+    ticket: Ticket,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    topic: String,
+    channel: &'static str,
+}
 
-    #[test]
-    fn commits_stop_at_the_oldest_held_offset() {
-        let mut p = Pending::default();
-        for o in 0..5 {
-            p.read(0, o);
+struct Hold {
+    ctx: Context,
+    tier: &'static str,
+    /// (due, partition, offset), soonest first
+    heap: BinaryHeap<Reverse<(i64, u32, u64)>>,
+    held: BTreeMap<(u32, u64), Held>,
+    /// After a failed re-emit, when to try again.
+    backoff_until: Option<Instant>,
+}
+
+#[async_trait]
+impl Handler for Hold {
+    type Item = Delivery;
+
+    fn name(&self) -> &'static str {
+        "retry"
+    }
+
+    fn decode(&self, record: &Record) -> Result<Delivery> {
+        tidings_schemas::codec().decode_delivery(&record.value)
+    }
+
+    async fn handle(&mut self, batch: &mut Batch<Delivery>) -> Result<()> {
+        for i in batch.open() {
+            let e = batch.entry(i);
+            let (p, o) = (e.record.partition, e.record.offset);
+            let due = e.item.due_at_ms;
+            let held = Held {
+                key: e.record.key.clone(),
+                value: e.record.value.clone(),
+                topic: self.ctx.deliveries_topic(e.item.channel, e.item.priority),
+                channel: e.item.channel.as_str(),
+                ticket: batch.ticket(i),
+            };
+            if self.held.insert((p, o), held).is_none() {
+                self.heap.push(Reverse((due, p, o)));
+            }
         }
-        p.read(1, 7);
-        p.done(0, 0);
-        p.done(0, 2);
-        assert_eq!(p.committable(), vec![(0, 1), (1, 7)]);
-        p.done(0, 1);
-        p.done(0, 3);
-        p.done(0, 4);
-        p.done(1, 7);
-        assert_eq!(p.committable(), vec![(0, 5), (1, 8)]);
-        assert!(p.is_empty());
+        metrics::gauge!(RETRY_PENDING, "tier" => self.tier).set(self.held.len() as f64);
+        Ok(())
+    }
+
+    fn revoked(&mut self, _lane: usize, partitions: &[u32]) {
+        self.held.retain(|(p, _), _| !partitions.contains(p));
+        self.heap
+            .retain(|Reverse((_, p, _))| !partitions.contains(p));
+        metrics::gauge!(RETRY_PENDING, "tier" => self.tier).set(self.held.len() as f64);
+    }
+
+    fn full(&self) -> bool {
+        self.held.len() >= MAX_HELD
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        let Reverse((due, _, _)) = self.heap.peek()?;
+        let wait = (*due - now_ms()).max(0) as u64;
+        let at = Instant::now() + std::time::Duration::from_millis(wait);
+        Some(self.backoff_until.map_or(at, |b| b.max(at)))
+    }
+
+    /// Re-emit everything due, a batch at a time.
+    async fn tick(&mut self) -> Result<()> {
+        if self.backoff_until.is_some_and(|b| Instant::now() < b) {
+            return Ok(());
+        }
+        self.backoff_until = None;
+        loop {
+            let now = now_ms();
+            let mut out = Vec::new();
+            let mut emitted = Vec::new();
+            while let Some(Reverse((due, p, o))) = self.heap.peek().copied() {
+                if due > now || out.len() >= EMIT_BATCH {
+                    break;
+                }
+                self.heap.pop();
+                if let Some(h) = self.held.get(&(p, o)) {
+                    out.push(OutRecord::new(
+                        h.topic.clone(),
+                        h.key.clone(),
+                        h.value.clone(),
+                    ));
+                    emitted.push((due, p, o));
+                }
+            }
+            if out.is_empty() {
+                return Ok(());
+            }
+            if let Err(e) = self.ctx.bus.append(out).await {
+                // put them back: they are re-emitted on a later turn
+                for (due, p, o) in emitted {
+                    self.heap.push(Reverse((due, p, o)));
+                }
+                return if e.is_retriable() {
+                    tracing::warn!(tier = self.tier, error = %e, "re-emitting failed; trying again in 1 s");
+                    self.backoff_until = Some(Instant::now() + std::time::Duration::from_secs(1));
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+            for (_, p, o) in emitted {
+                if let Some(h) = self.held.remove(&(p, o)) {
+                    metrics::counter!(RETRY_REEMITTED_TOTAL, "channel" => h.channel).increment(1);
+                    h.ticket.finish();
+                }
+            }
+            metrics::gauge!(RETRY_PENDING, "tier" => self.tier).set(self.held.len() as f64);
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The retry stage.
 //!
-//! - [`policy`]: exponential backoff with full jitter, per channel; what is retriable
+//! - [`policy`]: exponential backoff with full jitter (the one policy, from `tidings_core::backoff`)
 //! - [`hold`]: the worker that holds deliveries from `retry.<tier>` until due and re-emits them
 //!   to `deliveries.<channel>`
 //! - [`fail`]: what a delivery stage calls when an attempt fails: schedule the next attempt or

@@ -25,8 +25,7 @@ struct Prepared {
     payload: Option<String>,
 }
 
-async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
-    let req = tidings_schemas::codec().decode_request(&r.value)?;
+async fn prepare(ctx: &Context, req: NotificationRequest) -> Result<Prepared> {
     tidings_core::fail_point_error("router.prepare")?;
     if ctx.store.tenant(&req.tenant_id).await?.is_none() {
         return Err(Error::invalid(
@@ -73,7 +72,7 @@ async fn prepare(ctx: &Context, r: &Record) -> Result<Prepared> {
 /// A request that was accepted but cannot be routed: its message record says `failed` with
 /// the reason (`GET /v1/messages/{id}`), and the request goes to the tenant's dead-letter
 /// queue, from where it can be replayed.
-async fn record_failure(
+pub async fn record_failure(
     ctx: &Context,
     req: &NotificationRequest,
     record: &Record,
@@ -134,11 +133,16 @@ impl Source<'_> {
     }
 }
 
-/// Route every request of `records`; requests that cannot be routed go to `dlq`.
-pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
-    let mut prepared = Vec::with_capacity(records.len());
-    for r in records {
-        match prepare(ctx, r).await {
+/// Route every request of `requests`; requests that cannot be routed are marked failed and
+/// go to `dlq`.
+pub async fn route_batch(
+    ctx: &Context,
+    requests: Vec<(&Record, NotificationRequest)>,
+) -> Result<()> {
+    let mut prepared = Vec::with_capacity(requests.len());
+    for (r, req) in requests {
+        let kept = req.clone();
+        match prepare(ctx, req).await {
             Ok(p) => prepared.push(p),
             Err(e) if e.is_retriable() => return Err(e),
             Err(e) => {
@@ -150,20 +154,11 @@ pub async fn route_batch(ctx: &Context, records: &[Record]) -> Result<()> {
                 metrics::counter!(ROUTER_DEAD_TOTAL).increment(1);
                 metrics::counter!(DLQ_TOTAL, "channel" => "router", "reason" => "invalid")
                     .increment(1);
-                match tidings_schemas::codec().decode_request(&r.value) {
-                    // accepted with a 202: the producer must be able to see it failed (and
-                    // operators find it on the dead-letter topic as before)
-                    Ok(req) => {
-                        // the store first: a retriable failure there redoes the batch before
-                        // anything is appended twice
-                        record_failure(ctx, &req, r, &e).await?;
-                        ctx.dead_letter(r, &e).await?;
-                    }
-                    // not even readable: only operators can look at it
-                    Err(_) => {
-                        ctx.dead_letter(r, &e).await?;
-                    }
-                }
+                // accepted with a 202: the producer must be able to see it failed (and
+                // operators find it on the dead-letter topic as before); the store first: a
+                // retriable failure there redoes the batch before anything is appended twice
+                record_failure(ctx, &kept, r, &e).await?;
+                ctx.dead_letter(r, &e).await?;
             }
         }
     }

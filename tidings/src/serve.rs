@@ -75,23 +75,74 @@ fn open(config: Config) -> anyhow::Result<Context> {
     })
 }
 
-/// Create every topic the pipeline uses; returns their names.
-async fn ensure_topics(ctx: &Context) -> anyhow::Result<Vec<String>> {
-    let topics = ctx.all_topics();
-    for t in &topics {
-        ctx.bus
-            .ensure_topic(t)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    Ok(topics)
+/// A topic as `migrate` found it.
+struct TopicReport {
+    spec: tidings_core::bus::TopicSpec,
+    state: tidings_core::bus::TopicState,
 }
 
-/// `tidings migrate`: create every topic (the store creates its tables when opened).
+impl TopicReport {
+    /// Fewer partitions than configured: keys would not spread as planned. tidings never adds
+    /// partitions itself (that moves keys between partitions and breaks per-user order for
+    /// records in flight); the operator does it at a quiet time.
+    fn short(&self) -> bool {
+        self.state.partitions < self.spec.partitions
+    }
+}
+
+/// Create every topic the pipeline uses, as configured; existing ones are checked.
+async fn ensure_topics(ctx: &Context) -> anyhow::Result<Vec<TopicReport>> {
+    let mut out = Vec::new();
+    for spec in ctx.topic_specs() {
+        let state = ctx
+            .bus
+            .ensure_topic(&spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("topic {}: {e}", spec.name))?;
+        let report = TopicReport { spec, state };
+        if report.short() {
+            tracing::warn!(
+                topic = %report.spec.name,
+                partitions = report.state.partitions,
+                configured = report.spec.partitions,
+                "topic has fewer partitions than configured"
+            );
+        }
+        out.push(report);
+    }
+    Ok(out)
+}
+
+/// `tidings migrate`: create every topic with its partitions, replication and retention, and
+/// check the ones that exist (the embedded store creates its tables when opened). Safe to run
+/// twice. Fails when a topic has fewer partitions than configured.
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     let ctx = open(config)?;
-    for t in ensure_topics(&ctx).await? {
-        println!("topic {t}");
+    let reports = ensure_topics(&ctx).await?;
+    let mut short = Vec::new();
+    for r in &reports {
+        let what = if r.state.created {
+            "created"
+        } else {
+            "exists "
+        };
+        println!(
+            "topic {what} {} partitions={} (configured {})",
+            r.spec.name, r.state.partitions, r.spec.partitions
+        );
+        if r.short() {
+            short.push(format!(
+                "{} has {} partitions, configured {}",
+                r.spec.name, r.state.partitions, r.spec.partitions
+            ));
+        }
+    }
+    if !short.is_empty() {
+        anyhow::bail!(
+            "topics with fewer partitions than configured (add partitions with the Kafka tools, \
+             or lower bus.partitions): {}",
+            short.join("; ")
+        );
     }
     Ok(())
 }

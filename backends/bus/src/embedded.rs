@@ -2,7 +2,10 @@
 //! committed offsets) on a redb file.
 //!
 //! Records live in one table keyed by `(topic, partition, offset)`; committed offsets in another
-//! keyed by `(group, topic, partition)`. Appends go through the engine's group commit, so an
+//! keyed by `(group, topic, partition)`. The members of a group on a topic split its partitions
+//! round-robin in order of joining; a partition moves cooperatively, as in Kafka: its holder
+//! commits what it stored and lets go on its next poll, and only then may the new holder take
+//! it. Appends go through the engine's group commit, so an
 //! append returns after its fsync. A background task drops records every group has committed
 //! (and, on topics no group reads, records older than the retention).
 //!
@@ -12,11 +15,13 @@
 
 use async_trait::async_trait;
 use redb::{ReadableTable, TableDefinition};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tidings_core::bus::{partition_for, Bus, Consumer, OutRecord, Position, Record};
+use tidings_core::bus::{
+    partition_for, Bus, Consumer, OutRecord, Position, Rebalance, Record, TopicSpec, TopicState,
+};
 use tidings_core::model::now_ms;
 use tidings_core::{Error, Result};
 use tidings_embedded::{storage_err, Engine};
@@ -27,13 +32,36 @@ const TOPICS: TableDefinition<'_, &str, u32> = TableDefinition::new("topics");
 
 struct Inner {
     engine: Engine,
-    default_partitions: u32,
     /// Partitions per topic.
     topics: Mutex<HashMap<String, u32>>,
     /// Next offset per (topic, partition).
     heads: Mutex<HashMap<(String, u32), u64>>,
     /// Bumped after every commit that appended records.
     appended: tokio::sync::watch::Sender<u64>,
+    /// Members and partition holders per (group, topic).
+    groups: Mutex<HashMap<(String, String), Members>>,
+    /// Bumped whenever a member joins, leaves or lets a partition go.
+    membership: tokio::sync::watch::Sender<u64>,
+    next_member: std::sync::atomic::AtomicU64,
+}
+
+/// The live members of one group on one topic, and who holds which partition.
+#[derive(Default)]
+struct Members {
+    /// Member ids in order of joining.
+    ids: Vec<u64>,
+    holder: HashMap<u32, u64>,
+}
+
+impl Members {
+    /// The partitions `member` should hold: round-robin over the members in joining order.
+    fn target(&self, member: u64, partitions: u32) -> BTreeSet<u32> {
+        let Some(i) = self.ids.iter().position(|m| *m == member) else {
+            return BTreeSet::new();
+        };
+        let n = self.ids.len() as u32;
+        (0..partitions).filter(|p| p % n == i as u32).collect()
+    }
 }
 
 /// The embedded, durable, single-process bus.
@@ -72,7 +100,7 @@ fn decode(topic: &str, partition: u32, offset: u64, raw: &[u8]) -> Result<Record
 
 impl EmbeddedBus {
     /// Open (or create) the bus file; starts the retention task if a tokio runtime is running.
-    pub fn open(path: &Path, partitions: u32, retention: Duration) -> Result<EmbeddedBus> {
+    pub fn open(path: &Path, retention: Duration) -> Result<EmbeddedBus> {
         let engine = Engine::open(path, "bus", |txn| {
             txn.open_table(LOG).map_err(storage_err)?;
             txn.open_table(OFFSETS).map_err(storage_err)?;
@@ -105,13 +133,16 @@ impl EmbeddedBus {
             }
         }
         let (appended, _) = tokio::sync::watch::channel(0);
+        let (membership, _) = tokio::sync::watch::channel(0);
         let bus = EmbeddedBus {
             inner: Arc::new(Inner {
                 engine,
-                default_partitions: partitions,
                 topics: Mutex::new(topics),
                 heads: Mutex::new(heads),
                 appended,
+                groups: Mutex::new(HashMap::new()),
+                membership,
+                next_member: std::sync::atomic::AtomicU64::new(1),
             }),
         };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -227,18 +258,21 @@ fn committed_all(r: &redb::ReadTransaction, topic: &str, p: u32) -> Result<Vec<u
 
 #[async_trait]
 impl Bus for EmbeddedBus {
-    async fn ensure_topic(&self, topic: &str) -> Result<()> {
-        if self
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicState> {
+        if let Some(p) = self
             .inner
             .topics
             .lock()
             .expect("topics lock")
-            .contains_key(topic)
+            .get(&spec.name)
         {
-            return Ok(());
+            return Ok(TopicState {
+                created: false,
+                partitions: *p,
+            });
         }
-        let parts = self.inner.default_partitions;
-        let name = topic.to_string();
+        let parts = spec.partitions.max(1);
+        let name = spec.name.clone();
         let inner = self.inner.clone();
         self.inner
             .engine
@@ -248,23 +282,29 @@ impl Bus for EmbeddedBus {
                     .get(name.as_str())
                     .map_err(storage_err)?
                     .map(|v| v.value());
-                let parts = match existing {
-                    Some(p) => p,
+                let state = match existing {
+                    Some(p) => TopicState {
+                        created: false,
+                        partitions: p,
+                    },
                     None => {
                         t.insert(name.as_str(), parts).map_err(storage_err)?;
-                        parts
+                        TopicState {
+                            created: true,
+                            partitions: parts,
+                        }
                     }
                 };
                 let mut heads = inner.heads.lock().expect("heads lock");
-                for p in 0..parts {
+                for p in 0..state.partitions {
                     heads.entry((name.clone(), p)).or_insert(0);
                 }
                 inner
                     .topics
                     .lock()
                     .expect("topics lock")
-                    .insert(name, parts);
-                Ok(())
+                    .insert(name, state.partitions);
+                Ok(state)
             })
             .await
     }
@@ -308,22 +348,31 @@ impl Bus for EmbeddedBus {
     }
 
     async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {
-        let parts = self.partitions(topic)?;
-        let r = self.inner.engine.read()?;
-        let t = r.open_table(OFFSETS).map_err(storage_err)?;
-        let mut positions = Vec::with_capacity(parts as usize);
-        for p in 0..parts {
-            let committed = t
-                .get((group, topic, p))
-                .map_err(storage_err)?
-                .map(|v| v.value());
-            positions.push(committed.unwrap_or(0));
-        }
+        let partitions = self.partitions(topic)?;
+        let id = self
+            .inner
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .groups
+            .lock()
+            .expect("groups lock")
+            .entry((group.to_string(), topic.to_string()))
+            .or_default()
+            .ids
+            .push(id);
+        self.inner.membership.send_modify(|v| *v += 1);
         Ok(Box::new(EmbeddedConsumer {
             bus: self.clone(),
             group: group.to_string(),
             topic: topic.to_string(),
-            positions,
+            partitions,
+            id,
+            positions: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            stored: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            changes: None,
             next_partition: 0,
         }))
     }
@@ -355,29 +404,120 @@ struct EmbeddedConsumer {
     bus: EmbeddedBus,
     group: String,
     topic: String,
-    /// Next offset to read, per partition.
-    positions: Vec<u64>,
+    partitions: u32,
+    /// This member's id in its group.
+    id: u64,
+    /// The partitions held, with the next offset to read in each.
+    positions: BTreeMap<u32, u64>,
+    paused: BTreeSet<u32>,
+    /// Offsets marked done, and the part of them already committed.
+    stored: BTreeMap<u32, u64>,
+    committed: BTreeMap<u32, u64>,
+    /// Changes of the assignment not yet taken.
+    changes: Option<Rebalance>,
     /// Where the next poll starts, so no partition starves.
     next_partition: usize,
 }
 
 impl EmbeddedConsumer {
+    fn key(&self) -> (String, String) {
+        (self.group.clone(), self.topic.clone())
+    }
+
+    /// Follow the group's membership: give up what another member should hold (committing
+    /// what was stored for it first), and take what is ours and free.
+    async fn sync(&mut self) -> Result<()> {
+        let target = {
+            let groups = self.bus.inner.groups.lock().expect("groups lock");
+            groups
+                .get(&self.key())
+                .map(|m| m.target(self.id, self.partitions))
+                .unwrap_or_default()
+        };
+        let revoked: Vec<u32> = self
+            .positions
+            .keys()
+            .filter(|p| !target.contains(p))
+            .copied()
+            .collect();
+        if !revoked.is_empty() {
+            self.commit_partitions(&revoked).await?;
+            let mut groups = self.bus.inner.groups.lock().expect("groups lock");
+            if let Some(m) = groups.get_mut(&self.key()) {
+                for p in &revoked {
+                    if m.holder.get(p) == Some(&self.id) {
+                        m.holder.remove(p);
+                    }
+                }
+            }
+            for p in &revoked {
+                self.positions.remove(p);
+                self.paused.remove(p);
+                self.stored.remove(p);
+                self.committed.remove(p);
+            }
+            self.bus.inner.membership.send_modify(|v| *v += 1);
+        }
+        let wanted: Vec<u32> = target
+            .iter()
+            .filter(|p| !self.positions.contains_key(p))
+            .copied()
+            .collect();
+        let mut assigned = Vec::new();
+        if !wanted.is_empty() {
+            let mut groups = self.bus.inner.groups.lock().expect("groups lock");
+            if let Some(m) = groups.get_mut(&self.key()) {
+                for p in wanted {
+                    if let std::collections::hash_map::Entry::Vacant(e) = m.holder.entry(p) {
+                        e.insert(self.id);
+                        assigned.push(p);
+                    }
+                }
+            }
+        }
+        if !assigned.is_empty() {
+            // the previous holder committed before letting go: start from the group's offset
+            let r = self.bus.inner.engine.read()?;
+            let t = r.open_table(OFFSETS).map_err(storage_err)?;
+            for p in &assigned {
+                let committed = t
+                    .get((self.group.as_str(), self.topic.as_str(), *p))
+                    .map_err(storage_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                self.positions.insert(*p, committed);
+            }
+        }
+        if !revoked.is_empty() || !assigned.is_empty() {
+            self.changes
+                .get_or_insert_with(Rebalance::default)
+                .merge(Rebalance { revoked, assigned });
+        }
+        Ok(())
+    }
+
     fn read(&mut self, max: usize) -> Result<Vec<Record>> {
+        let held: Vec<u32> = self
+            .positions
+            .keys()
+            .filter(|p| !self.paused.contains(p))
+            .copied()
+            .collect();
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
         let r = self.bus.inner.engine.read()?;
         let log = r.open_table(LOG).map_err(storage_err)?;
-        let n = self.positions.len();
+        let n = held.len();
         let mut out = Vec::new();
         for i in 0..n {
             if out.len() >= max {
                 break;
             }
-            let p = (self.next_partition + i) % n;
-            let from = self.positions[p];
+            let p = held[(self.next_partition + i) % n];
+            let from = self.positions[&p];
             let range = log
-                .range(
-                    (self.topic.as_str(), p as u32, from)
-                        ..=(self.topic.as_str(), p as u32, u64::MAX),
-                )
+                .range((self.topic.as_str(), p, from)..=(self.topic.as_str(), p, u64::MAX))
                 .map_err(storage_err)?;
             for row in range {
                 if out.len() >= max {
@@ -385,47 +525,35 @@ impl EmbeddedConsumer {
                 }
                 let (k, v) = row.map_err(storage_err)?;
                 let off = k.value().2;
-                out.push(decode(&self.topic, p as u32, off, v.value())?);
-                self.positions[p] = off + 1;
+                out.push(decode(&self.topic, p, off, v.value())?);
+                self.positions.insert(p, off + 1);
             }
         }
         self.next_partition = (self.next_partition + 1) % n.max(1);
         Ok(out)
     }
-}
 
-#[async_trait]
-impl Consumer for EmbeddedConsumer {
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut rx = self.bus.inner.appended.subscribe();
-        loop {
-            rx.borrow_and_update();
-            let got = self.read(max.max(1))?;
-            if !got.is_empty() {
-                return Ok(got);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Ok(Vec::new()),
-            }
+    /// Commit what was stored for `partitions` and not yet committed.
+    async fn commit_partitions(&mut self, partitions: &[u32]) -> Result<()> {
+        let offsets: Vec<(u32, u64)> = partitions
+            .iter()
+            .filter_map(|p| {
+                let s = *self.stored.get(p)?;
+                (self.committed.get(p) != Some(&s)).then_some((*p, s))
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
         }
-    }
-
-    async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
         let group = self.group.clone();
         let topic = self.topic.clone();
-        let offsets = offsets.to_vec();
+        let write = offsets.clone();
         self.bus
             .inner
             .engine
             .write(move |txn| {
                 let mut t = txn.open_table(OFFSETS).map_err(storage_err)?;
-                for (p, next) in offsets {
+                for (p, next) in write {
                     let cur = t
                         .get((group.as_str(), topic.as_str(), p))
                         .map_err(storage_err)?
@@ -437,7 +565,91 @@ impl Consumer for EmbeddedConsumer {
                 }
                 Ok(())
             })
-            .await
+            .await?;
+        self.committed.extend(offsets);
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        // leave the group: what was stored and not committed is read again by the next holder
+        let mut groups = self.bus.inner.groups.lock().expect("groups lock");
+        if let Some(m) = groups.get_mut(&self.key()) {
+            m.ids.retain(|id| *id != self.id);
+            m.holder.retain(|_, id| *id != self.id);
+            if m.ids.is_empty() {
+                groups.remove(&self.key());
+            }
+        }
+        drop(groups);
+        self.bus.inner.membership.send_modify(|v| *v += 1);
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut appended = self.bus.inner.appended.subscribe();
+        let mut membership = self.bus.inner.membership.subscribe();
+        loop {
+            appended.borrow_and_update();
+            membership.borrow_and_update();
+            self.sync().await?;
+            let got = self.read(max.max(1))?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            tokio::select! {
+                r = appended.changed() => if r.is_err() { return Ok(Vec::new()) },
+                r = membership.changed() => if r.is_err() { return Ok(Vec::new()) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn assignment(&self) -> Vec<u32> {
+        self.positions.keys().copied().collect()
+    }
+
+    fn take_rebalance(&mut self) -> Option<Rebalance> {
+        self.changes.take()
+    }
+
+    fn pause(&mut self, partitions: &[u32]) -> Result<()> {
+        for p in partitions {
+            if self.positions.contains_key(p) {
+                self.paused.insert(*p);
+            }
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, partitions: &[u32]) -> Result<()> {
+        for p in partitions {
+            self.paused.remove(p);
+        }
+        Ok(())
+    }
+
+    fn store(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
+        for (p, o) in offsets {
+            if self.positions.contains_key(p) {
+                let e = self.stored.entry(*p).or_insert(0);
+                *e = (*e).max(*o);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let held: Vec<u32> = self.positions.keys().copied().collect();
+        self.commit_partitions(&held).await
     }
 }
 
@@ -449,7 +661,7 @@ mod tests {
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let bus =
-            EmbeddedBus::open(&dir.path().join("bus.redb"), 4, Duration::from_secs(3600)).unwrap();
+            EmbeddedBus::open(&dir.path().join("bus.redb"), Duration::from_secs(3600)).unwrap();
         tidings_core::conformance::bus_conformance(&bus, "t").await;
     }
 
@@ -458,8 +670,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bus.redb");
         {
-            let bus = EmbeddedBus::open(&path, 2, Duration::from_secs(3600)).unwrap();
-            bus.ensure_topic("a").await.unwrap();
+            let bus = EmbeddedBus::open(&path, Duration::from_secs(3600)).unwrap();
+            bus.ensure_topic(&TopicSpec {
+                name: "a".into(),
+                partitions: 2,
+                replication: 0,
+                retention_ms: None,
+            })
+            .await
+            .unwrap();
             let recs = (0..10u8)
                 .map(|i| OutRecord::new("a", vec![i], vec![i]))
                 .collect();
@@ -472,7 +691,7 @@ mod tests {
         // the writer thread lets go of the file once its queue closes, a moment after the drop
         let mut tries = 0;
         let bus = loop {
-            match EmbeddedBus::open(&path, 2, Duration::from_secs(3600)) {
+            match EmbeddedBus::open(&path, Duration::from_secs(3600)) {
                 Ok(b) => break b,
                 Err(e) if tries < 50 => {
                     tries += 1;

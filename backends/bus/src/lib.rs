@@ -1,9 +1,10 @@
 //! Backends of the bus port ([`tidings_core::bus::Bus`]), chosen by `bus.backend`:
 //!
 //! - [`embedded`]: a durable partitioned log on local disk (redb), for one process
-//! - `kafka`: Apache Kafka; not built into this version, asking for it is a clear error
+//! - [`kafka`]: Apache Kafka through librdkafka, for many processes
 
 pub mod embedded;
+pub mod kafka;
 
 use std::sync::Arc;
 use tidings_core::bus::Bus;
@@ -15,12 +16,15 @@ pub fn open(config: &Config) -> Result<Arc<dyn Bus>> {
     match config.bus.backend.as_str() {
         "embedded" => Ok(Arc::new(embedded::EmbeddedBus::open(
             &config.data_dir.join("bus.redb"),
-            config.bus.partitions,
             std::time::Duration::from_secs(config.bus.retention_hours * 3600),
         )?)),
+        "kafka" => Ok(Arc::new(kafka::KafkaBus::connect(
+            &config.bus,
+            &config.node_id,
+        )?)),
         other => Err(Error::invalid(
-            "backend_unavailable",
-            format!("bus.backend `{other}` is not built into this binary (available: embedded)"),
+            "config_invalid",
+            format!("bus.backend `{other}` (expected embedded or kafka)"),
         )),
     }
 }

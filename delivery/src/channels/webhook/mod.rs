@@ -12,16 +12,18 @@
 //! stage; any other 4xx, and any 3xx (redirects are never followed), is permanent and goes to
 //! the dead-letter queue. Requests go through the egress guard ([`super::http_client`]).
 
+use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tidings_core::bus::Record;
 use tidings_core::metrics_names::DELIVERY_ATTEMPTS_TOTAL;
 use tidings_core::model::*;
+use tidings_core::stage::{Batch, Handler, Lane};
 use tidings_core::{Context, Result};
-use tidings_retry::hold::Pending;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -137,84 +139,119 @@ struct Share {
 /// Each delivery runs in a task of its own under two bounds: the lane's `webhook.concurrency`
 /// and its tenant's `webhook.per_tenant_concurrency`, so a slow or hanging endpoint holds
 /// only its own tenant's share and nobody waits behind it. The lane keeps reading while
-/// posts run, and commits each partition up to its oldest unfinished delivery.
+/// posts run (each holds a [`tidings_core::stage::Ticket`]), and the runner commits each partition up to its
+/// oldest unfinished delivery.
 async fn lane(ctx: Context, topic: String, shutdown: CancellationToken) -> Result<()> {
-    let mut consumer = ctx.bus.consumer(crate::GROUP, &topic).await?;
+    let consumer = ctx.bus.consumer(crate::GROUP, &topic).await?;
     let client = super::http_client(
         ctx.config.egress.allow_private,
         Duration::from_millis(ctx.config.webhook.timeout_ms),
     )?;
     let concurrency = ctx.config.webhook.concurrency.max(1);
-    let per_tenant = ctx.config.webhook.per_tenant_concurrency.max(1);
-    let global = Arc::new(Semaphore::new(concurrency));
-    let mut shares: HashMap<String, Share> = HashMap::new();
-    let mut pending = Pending::default();
-    let mut running: JoinSet<(u32, u64, Result<()>)> = JoinSet::new();
-    let mut last_commit = Instant::now();
-    let mut committed: Vec<(u32, u64)> = Vec::new();
-    let codec = tidings_schemas::codec();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                // posts in flight finish (bounded by the request timeout); then commit
-                while let Some(done) = running.join_next().await {
-                    if let Ok((p, o, Ok(()))) = done {
-                        pending.done(p, o);
-                    }
+    let poster = Poster {
+        ctx: ctx.clone(),
+        client,
+        per_tenant: ctx.config.webhook.per_tenant_concurrency.max(1),
+        global: Arc::new(Semaphore::new(concurrency)),
+        shares: HashMap::new(),
+        running: JoinSet::new(),
+    };
+    let lanes = vec![Lane {
+        consumer,
+        max: concurrency * 4,
+    }];
+    tidings_core::stage::run(ctx, poster, lanes, shutdown).await
+}
+
+struct Poster {
+    ctx: Context,
+    client: reqwest::Client,
+    per_tenant: usize,
+    global: Arc<Semaphore>,
+    shares: HashMap<String, Share>,
+    running: JoinSet<Result<()>>,
+}
+
+impl Poster {
+    fn collect(
+        &mut self,
+        done: std::result::Result<Result<()>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        // a failure to record an outcome (store or bus down) restarts the lane; what was not
+        // committed is posted again
+        done.map_err(|e| tidings_core::Error::internal(format!("a webhook post panicked: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Handler for Poster {
+    type Item = Delivery;
+
+    fn name(&self) -> &'static str {
+        "delivery.webhook"
+    }
+
+    fn decode(&self, record: &Record) -> Result<Delivery> {
+        tidings_schemas::codec().decode_delivery(&record.value)
+    }
+
+    async fn handle(&mut self, batch: &mut Batch<Delivery>) -> Result<()> {
+        for i in batch.open() {
+            let d = batch.entry(i).item.clone();
+            let ticket = batch.ticket(i);
+            let share = self
+                .shares
+                .entry(d.tenant_id.clone())
+                .or_insert_with(|| Share {
+                    permits: Arc::new(Semaphore::new(self.per_tenant)),
+                    queued: Arc::default(),
+                })
+                .clone();
+            let (ctx, client, global) =
+                (self.ctx.clone(), self.client.clone(), self.global.clone());
+            let per_tenant = self.per_tenant;
+            share.queued.fetch_add(1, Ordering::Relaxed);
+            self.running.spawn(async move {
+                let result = post_in_share(&ctx, &client, &global, &share, per_tenant, d).await;
+                share.queued.fetch_sub(1, Ordering::Relaxed);
+                if result.is_ok() {
+                    ticket.finish();
                 }
-                consumer.commit(&pending.committable()).await?;
-                return Ok(());
-            }
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let (p, o, result) = done
-                    .map_err(|e| tidings_core::Error::internal(format!("a webhook post panicked: {e}")))?;
-                // a failure to record an outcome (store or bus down) restarts the lane; what
-                // was not committed is posted again
-                result?;
-                pending.done(p, o);
-            }
-            records = consumer.poll(concurrency * 4, Duration::from_secs(1)), if pending.len() < MAX_IN_FLIGHT => {
-                for r in records? {
-                    pending.read(r.partition, r.offset);
-                    let d = match codec.decode_delivery(&r.value) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "undecodable webhook delivery dead-lettered");
-                            ctx.dead_letter(&r, &e).await?;
-                            pending.done(r.partition, r.offset);
-                            continue;
-                        }
-                    };
-                    let share = shares
-                        .entry(d.tenant_id.clone())
-                        .or_insert_with(|| Share {
-                            permits: Arc::new(Semaphore::new(per_tenant)),
-                            queued: Arc::default(),
-                        })
-                        .clone();
-                    let (ctx, client, global) = (ctx.clone(), client.clone(), global.clone());
-                    let (p, o) = (r.partition, r.offset);
-                    share.queued.fetch_add(1, Ordering::Relaxed);
-                    running.spawn(async move {
-                        let result = post_in_share(&ctx, &client, &global, &share, per_tenant, d).await;
-                        share.queued.fetch_sub(1, Ordering::Relaxed);
-                        (p, o, result)
-                    });
-                }
-                // forget tenants with nothing queued
-                if shares.len() > 1024 {
-                    shares.retain(|_, s| s.queued.load(Ordering::Relaxed) > 0);
+                result
+            });
+        }
+        // forget tenants with nothing queued
+        if self.shares.len() > 1024 {
+            self.shares
+                .retain(|_, s| s.queued.load(Ordering::Relaxed) > 0);
+        }
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.running.len() >= MAX_IN_FLIGHT
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        while let Some(done) = self.running.try_join_next() {
+            self.collect(done)?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, deadline: tokio::time::Instant) -> Result<()> {
+        // posts in flight finish (bounded by the request timeout); the rest is posted again
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.running.join_next()).await {
+                Ok(Some(done)) => self.collect(done)?,
+                Ok(None) => break,
+                Err(_) => {
+                    self.running.abort_all();
+                    break;
                 }
             }
         }
-        if last_commit.elapsed() >= crate::COMMIT_EVERY || running.is_empty() {
-            let offsets = pending.committable();
-            if offsets != committed {
-                consumer.commit(&offsets).await?;
-                committed = offsets;
-            }
-            last_commit = Instant::now();
-        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,630 @@
+//! The Kafka bus, on librdkafka (rdkafka).
+//!
+//! - **Appends**: one idempotent producer per process (`acks=all`, lz4, a 5 ms linger so a
+//!   burst goes out in few requests). [`Bus::append`] hands every record to librdkafka at once
+//!   and returns when the brokers acknowledged all of them, or fails with `bus_unavailable`
+//!   after `bus.produce_timeout_ms`. Records are partitioned by key with murmur2, as Java
+//!   clients do, so outside producers and tidings agree on where a key lives.
+//! - **Consumers**: one group member per [`Bus::consumer`], cooperative-sticky assignment,
+//!   no automatic commits. Offsets are stored by the stage ([`Consumer::store`]) once the work
+//!   is durable downstream and committed by [`Consumer::commit`]; when a partition is revoked,
+//!   the rebalance callback commits what was stored for it before librdkafka lets it go, and
+//!   forgets it, so a late store or commit of a lost partition moves nothing.
+//! - **Admin**: topics are created with their partitions, replication and retention;
+//!   lag is the high watermark minus the group's committed offset.
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tidings_core::bus::{
+    Bus, Consumer, OutRecord, Position, Rebalance, Record, TopicSpec, TopicState,
+};
+use tidings_core::config::BusConfig;
+use tidings_core::{Error, ErrorKind, Result};
+
+/// How long admin and metadata calls may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The error of a bus that does not answer (503 `bus_unavailable`, retried by stages).
+pub fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        "bus_unavailable",
+        format!("{what}: {e}"),
+    )
+}
+
+/// The Kafka backend of the bus port.
+#[derive(Clone)]
+pub struct KafkaBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: ClientConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Consumers used only to read a group's committed offsets (never subscribed).
+    offset_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+impl KafkaBus {
+    /// Connect to `config.kafka_brokers` (clients connect lazily: this fails only on bad
+    /// settings; [`Bus::ready`] says whether the brokers answer).
+    pub fn connect(config: &BusConfig, client_id: &str) -> Result<KafkaBus> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &config.kafka_brokers)
+            .set("client.id", client_id)
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (k, v) in &config.kafka_properties {
+            base.set(k, v);
+        }
+        let bad = |what: &str, e: KafkaError| {
+            Error::invalid("config_invalid", format!("bus.kafka ({what}): {e}"))
+        };
+        let producer: FutureProducer = base
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
+            .create()
+            .map_err(|e| bad("producer", e))?;
+        let admin: AdminClient<DefaultClientContext> =
+            base.create().map_err(|e| bad("admin", e))?;
+        Ok(KafkaBus {
+            inner: Arc::new(Inner {
+                base,
+                producer,
+                admin,
+                offset_readers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn offset_reader(&self, group: &str) -> Result<Arc<BaseConsumer>> {
+        let mut readers = self.inner.offset_readers.lock().expect("readers lock");
+        if let Some(c) = readers.get(group) {
+            return Ok(c.clone());
+        }
+        let c: BaseConsumer = self
+            .inner
+            .base
+            .clone()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| unavailable("offset reader", e))?;
+        let c = Arc::new(c);
+        readers.insert(group.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Partitions of `topic` as the brokers see them (`None`: no such topic).
+    async fn partitions_of(&self, topic: &str) -> Result<Option<u32>> {
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        blocking(move || {
+            let md = inner
+                .producer
+                .client()
+                .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
+                .map_err(|e| unavailable("metadata", e))?;
+            Ok(md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as u32)
+                .filter(|n| *n > 0))
+        })
+        .await
+    }
+}
+
+/// Run a blocking librdkafka call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("a bus call panicked: {e}")))?
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicState> {
+        if let Some(partitions) = self.partitions_of(&spec.name).await? {
+            return Ok(TopicState {
+                created: false,
+                partitions,
+            });
+        }
+        let replication = if spec.replication == 0 {
+            -1
+        } else {
+            spec.replication as i32
+        };
+        let retention = spec.retention_ms.map(|ms| ms.to_string());
+        let mut topic = NewTopic::new(
+            &spec.name,
+            spec.partitions.max(1) as i32,
+            TopicReplication::Fixed(replication),
+        );
+        if let Some(r) = retention.as_deref() {
+            topic = topic.set("retention.ms", r);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .inner
+            .admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|e| unavailable("create topic", e))?;
+        let mut created = false;
+        for r in results {
+            match r {
+                Ok(_) => created = true,
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(match code {
+                        RDKafkaErrorCode::InvalidReplicationFactor
+                        | RDKafkaErrorCode::InvalidPartitions
+                        | RDKafkaErrorCode::InvalidConfig
+                        | RDKafkaErrorCode::TopicAuthorizationFailed => Error::invalid(
+                            "topic_refused",
+                            format!("the brokers refused topic `{name}`: {code}"),
+                        ),
+                        _ => unavailable("create topic", code),
+                    })
+                }
+            }
+        }
+        // a new topic's metadata reaches every broker a moment after it is created
+        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+        loop {
+            if let Some(partitions) = self.partitions_of(&spec.name).await? {
+                return Ok(TopicState {
+                    created,
+                    partitions,
+                });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(unavailable("create topic", "the topic never appeared"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn append(&self, records: Vec<OutRecord>) -> Result<Vec<Position>> {
+        let mut waiting = Vec::with_capacity(records.len());
+        for r in &records {
+            let mut record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.value);
+            loop {
+                match self.inner.producer.send_result(record) {
+                    Ok(f) => {
+                        waiting.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // librdkafka's queue is full: wait for some of it to go out
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(unavailable("append", e)),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for f in futures::future::join_all(waiting).await {
+            match f {
+                Ok(Ok(d)) => out.push(Position {
+                    partition: d.partition as u32,
+                    offset: d.offset as u64,
+                }),
+                Ok(Err((e, _))) => return Err(unavailable("append", e)),
+                Err(_) => return Err(unavailable("append", "the producer went away")),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let context = GroupContext {
+            topic: topic.to_string(),
+            shared: shared.clone(),
+        };
+        let consumer: StreamConsumer<GroupContext> = self
+            .inner
+            .base
+            .clone()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false")
+            .create_with_context(context)
+            .map_err(|e| unavailable("consumer", e))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| unavailable("subscribe", e))?;
+        Ok(Box::new(KafkaConsumer {
+            topic: topic.to_string(),
+            consumer: Arc::new(consumer),
+            shared,
+        }))
+    }
+
+    async fn lag(&self, group: &str, topic: &str) -> Result<u64> {
+        let Some(partitions) = self.partitions_of(topic).await? else {
+            return Err(Error::invalid(
+                "topic_not_found",
+                format!("topic `{topic}` does not exist"),
+            ));
+        };
+        let reader = self.offset_reader(group)?;
+        let topic = topic.to_string();
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p as i32);
+            }
+            let committed = reader
+                .committed_offsets(tpl, ADMIN_TIMEOUT)
+                .map_err(|e| unavailable("committed offsets", e))?;
+            let mut lag = 0u64;
+            for p in 0..partitions {
+                let (low, high) = reader
+                    .fetch_watermarks(&topic, p as i32, ADMIN_TIMEOUT)
+                    .map_err(|e| unavailable("watermarks", e))?;
+                let from = match committed
+                    .find_partition(&topic, p as i32)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(o)) => o,
+                    _ => low,
+                };
+                lag += (high - from.max(low)).max(0) as u64;
+            }
+            Ok(lag)
+        })
+        .await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let md = inner
+                .producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map_err(|e| unavailable("brokers", e))?;
+            if md.brokers().is_empty() {
+                return Err(unavailable("brokers", "no broker answers"));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// What the rebalance callbacks and the consumer share.
+#[derive(Default)]
+struct Shared {
+    assignment: BTreeSet<u32>,
+    changes: Option<Rebalance>,
+    /// Offsets stored and not yet committed.
+    stored: BTreeMap<u32, u64>,
+}
+
+struct GroupContext {
+    topic: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl GroupContext {
+    fn ours(&self, tpl: &TopicPartitionList) -> Vec<u32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition() as u32)
+            .collect()
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked = self.ours(tpl);
+        // commit what was stored for the partitions about to go, then forget them
+        let offsets: Vec<(u32, u64)> = {
+            let mut s = self.shared.lock().expect("shared lock");
+            let out = revoked
+                .iter()
+                .filter_map(|p| s.stored.remove(p).map(|o| (*p, o)))
+                .collect();
+            for p in &revoked {
+                s.assignment.remove(p);
+            }
+            s.changes
+                .get_or_insert_with(Rebalance::default)
+                .merge(Rebalance {
+                    revoked: revoked.clone(),
+                    assigned: Vec::new(),
+                });
+            out
+        };
+        if !offsets.is_empty() {
+            let tpl = offsets_list(&self.topic, &offsets);
+            if let Err(e) = base.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(topic = %self.topic, error = %e, "commit before a revoke failed");
+            }
+        }
+        tracing::info!(topic = %self.topic, partitions = ?revoked, "partitions revoked");
+        metrics::counter!(tidings_core::metrics_names::BUS_REBALANCES_TOTAL, "kind" => "revoked")
+            .increment(1);
+    }
+
+    fn post_rebalance(
+        &self,
+        _base: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                let assigned = self.ours(tpl);
+                let mut s = self.shared.lock().expect("shared lock");
+                s.assignment.extend(assigned.iter().copied());
+                s.changes
+                    .get_or_insert_with(Rebalance::default)
+                    .merge(Rebalance {
+                        revoked: Vec::new(),
+                        assigned: assigned.clone(),
+                    });
+                drop(s);
+                tracing::info!(topic = %self.topic, partitions = ?assigned, "partitions assigned");
+                metrics::counter!(tidings_core::metrics_names::BUS_REBALANCES_TOTAL, "kind" => "assigned")
+                    .increment(1);
+            }
+            rdkafka::consumer::Rebalance::Error(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "rebalance failed");
+            }
+            rdkafka::consumer::Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn offsets_list(topic: &str, offsets: &[(u32, u64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        // the offset is valid by construction
+        let _ = tpl.add_partition_offset(topic, *p as i32, Offset::Offset(*o as i64));
+    }
+    tpl
+}
+
+struct KafkaConsumer {
+    topic: String,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition() as u32,
+        offset: m.offset() as u64,
+        key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+/// Errors a consumer reports and then gets over by itself (brokers going away and back).
+fn passing(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(r) => r,
+        };
+        match first {
+            Ok(m) => out.push(record_of(&m)),
+            Err(e) if passing(&e) => {
+                tracing::debug!(topic = %self.topic, error = %e, "consumer error");
+                return Ok(out);
+            }
+            Err(e) => return Err(unavailable("poll", e)),
+        }
+        while out.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => out.push(record_of(&m)),
+                Some(Err(e)) => {
+                    tracing::debug!(topic = %self.topic, error = %e, "consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn assignment(&self) -> Vec<u32> {
+        let s = self.shared.lock().expect("shared lock");
+        s.assignment.iter().copied().collect()
+    }
+
+    fn take_rebalance(&mut self) -> Option<Rebalance> {
+        self.shared.lock().expect("shared lock").changes.take()
+    }
+
+    fn pause(&mut self, partitions: &[u32]) -> Result<()> {
+        let held = self.held(partitions);
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .pause(&partitions_list(&self.topic, &held))
+            .map_err(|e| unavailable("pause", e))
+    }
+
+    fn resume(&mut self, partitions: &[u32]) -> Result<()> {
+        let held = self.held(partitions);
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .resume(&partitions_list(&self.topic, &held))
+            .map_err(|e| unavailable("resume", e))
+    }
+
+    fn store(&mut self, offsets: &[(u32, u64)]) -> Result<()> {
+        let mut s = self.shared.lock().expect("shared lock");
+        for (p, o) in offsets {
+            if s.assignment.contains(p) {
+                let e = s.stored.entry(*p).or_insert(0);
+                *e = (*e).max(*o);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let offsets: Vec<(u32, u64)> = {
+            let s = self.shared.lock().expect("shared lock");
+            s.stored.iter().map(|(p, o)| (*p, *o)).collect()
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let sent = offsets.clone();
+        let shared = self.shared.clone();
+        blocking(move || {
+            // only partitions still held; a revoke in between committed and dropped the rest
+            let tpl = {
+                let s = shared.lock().expect("shared lock");
+                let held: Vec<(u32, u64)> = sent
+                    .into_iter()
+                    .filter(|(p, _)| s.assignment.contains(p))
+                    .collect();
+                offsets_list(&topic, &held)
+            };
+            if tpl.count() == 0 {
+                return Ok(());
+            }
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => Ok(()),
+                // the partitions moved to another member meanwhile: their new holder goes on
+                Err(KafkaError::ConsumerCommit(
+                    RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::StaleMemberEpoch,
+                )) => Ok(()),
+                Err(e) => Err(unavailable("commit", e)),
+            }
+        })
+        .await?;
+        let mut s = self.shared.lock().expect("shared lock");
+        for (p, o) in offsets {
+            if s.stored.get(&p) == Some(&o) {
+                s.stored.remove(&p);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaConsumer {
+    fn held(&self, partitions: &[u32]) -> Vec<u32> {
+        let s = self.shared.lock().expect("shared lock");
+        partitions
+            .iter()
+            .filter(|p| s.assignment.contains(p))
+            .copied()
+            .collect()
+    }
+}
+
+fn partitions_list(topic: &str, partitions: &[u32]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p as i32);
+    }
+    tpl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broker `scripts/test.sh` started (`scripts/services/kafka.sh`).
+    pub fn brokers() -> String {
+        std::env::var("TIDINGS_TEST_KAFKA").expect(
+            "TIDINGS_TEST_KAFKA is not set: run scripts/test.sh, or start a broker with \
+             scripts/services/kafka.sh start <dir> and export what it prints",
+        )
+    }
+
+    fn unique(name: &str) -> String {
+        format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            tidings_core::model::now_ms()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_on_a_real_broker() {
+        let config = BusConfig {
+            backend: "kafka".into(),
+            kafka_brokers: brokers(),
+            ..Default::default()
+        };
+        let bus = KafkaBus::connect(&config, "conformance").unwrap();
+        bus.ready().await.unwrap();
+        tidings_core::conformance::bus_conformance(&bus, &unique("conf")).await;
+    }
+}
