@@ -40,7 +40,7 @@ pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "tidings_http_connections_refus
 pub const BUS_CONSUMER_LAG: &str = "tidings_bus_consumer_lag";
 /// Partitions a consumer gained or lost; label `kind` (assigned, revoked).
 pub const BUS_REBALANCES_TOTAL: &str = "tidings_bus_rebalances_total";
-/// Appends the bus refused or timed out; label `topic` (the short name).
+/// Records the bus refused or timed out; label `topic` (the full name).
 pub const BUS_PRODUCE_ERRORS_TOTAL: &str = "tidings_bus_produce_errors_total";
 /// Records a stage could not use and sent to `dlq`; labels `stage`, `reason` (an error code).
 pub const STAGE_DEAD_LETTERS_TOTAL: &str = "tidings_stage_dead_letters_total";

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tidings_core::config::Config;
 use tidings_core::metrics_names::{
-    BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS,
+    BUS_CONSUMER_LAG, BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS,
 };
 use tidings_core::model::{Channel, Priority};
 use tidings_core::{template, Context, RETRY_TIERS};
@@ -273,7 +273,9 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
                 for (group, topic) in &pairs {
                     if let Ok(lag) = c.bus.lag(group, topic).await {
                         let short = topic.strip_prefix(&prefix).unwrap_or(topic).to_string();
-                        metrics::gauge!(BUS_QUEUE_DEPTH, "topic" => short).set(lag as f64);
+                        metrics::gauge!(BUS_QUEUE_DEPTH, "topic" => short.clone()).set(lag as f64);
+                        metrics::gauge!(BUS_CONSUMER_LAG, "topic" => short, "group" => *group)
+                            .set(lag as f64);
                     }
                 }
                 prom.run_upkeep();

@@ -44,6 +44,11 @@ pub fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     )
 }
 
+fn produce_error(topic: &str) {
+    metrics::counter!(tidings_core::metrics_names::BUS_PRODUCE_ERRORS_TOTAL, "topic" => topic.to_string())
+        .increment(1);
+}
+
 /// The Kafka backend of the bus port.
 #[derive(Clone)]
 pub struct KafkaBus {
@@ -221,22 +226,39 @@ impl Bus for KafkaBus {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((e, _)) => return Err(unavailable("append", e)),
+                    Err((e, _)) => {
+                        produce_error(&r.topic);
+                        return Err(unavailable("append", e));
+                    }
                 }
             }
         }
         let mut out = Vec::with_capacity(waiting.len());
-        for f in futures::future::join_all(waiting).await {
+        let mut failed = None;
+        for (f, r) in futures::future::join_all(waiting)
+            .await
+            .into_iter()
+            .zip(&records)
+        {
             match f {
                 Ok(Ok(d)) => out.push(Position {
                     partition: d.partition as u32,
                     offset: d.offset as u64,
                 }),
-                Ok(Err((e, _))) => return Err(unavailable("append", e)),
-                Err(_) => return Err(unavailable("append", "the producer went away")),
+                Ok(Err((e, _))) => {
+                    produce_error(&r.topic);
+                    failed.get_or_insert(unavailable("append", e));
+                }
+                Err(_) => {
+                    produce_error(&r.topic);
+                    failed.get_or_insert(unavailable("append", "the producer went away"));
+                }
             }
         }
-        Ok(out)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {

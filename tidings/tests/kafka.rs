@@ -1,0 +1,174 @@
+//! End-to-end on Apache Kafka: the real binary with `TIDINGS_BUS=kafka` on the broker that
+//! `scripts/test.sh` starts (`scripts/services/kafka.sh`). Each test has topics of its own
+//! (`TIDINGS_TOPIC_PREFIX`), so tests share the broker.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+fn brokers() -> String {
+    std::env::var("TIDINGS_TEST_KAFKA").expect(
+        "TIDINGS_TEST_KAFKA is not set: run scripts/test.sh, or start a broker with \
+         scripts/services/kafka.sh start <dir> and export what it prints",
+    )
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// The settings that put a server on the test broker under `prefix`.
+fn on_kafka(prefix: &str) -> Vec<(String, String)> {
+    vec![
+        ("TIDINGS_BUS".into(), "kafka".into()),
+        ("TIDINGS_KAFKA_BROKERS".into(), brokers()),
+        ("TIDINGS_TOPIC_PREFIX".into(), prefix.into()),
+    ]
+}
+
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter()
+        .map(|(k, val)| (k.as_str(), val.as_str()))
+        .collect()
+}
+
+/// Run `tidings migrate` with `env`; (success, stdout, stderr).
+fn migrate(env: &[(String, String)], data: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("migrate")
+        .env("TIDINGS_DATA_DIR", data)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run tidings migrate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn migrate_creates_every_topic_checks_them_and_is_safe_twice() {
+    let prefix = unique("mig");
+    let data = tempfile::tempdir().unwrap();
+    let mut env = on_kafka(&prefix);
+    env.push(("TIDINGS_BUS_PARTITIONS".into(), "2".into()));
+
+    let (ok, out, err) = migrate(&env, data.path());
+    assert!(ok, "migrate failed: {err}");
+    let created = out
+        .lines()
+        .filter(|l| l.starts_with("topic created"))
+        .count();
+    assert_eq!(created, 13, "every topic created: {out}");
+    for t in [
+        "ingest",
+        "requests.urgent",
+        "deliveries.inapp.urgent",
+        "retry.long",
+        "dlq",
+    ] {
+        assert!(
+            out.contains(&format!("{prefix}.{t} partitions=2")),
+            "{t} missing: {out}"
+        );
+    }
+
+    // again: nothing to do, nothing changed
+    let (ok, again, err) = migrate(&env, data.path());
+    assert!(ok, "second migrate failed: {err}");
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.starts_with("topic exists"))
+            .count(),
+        created
+    );
+    assert!(!again.contains("topic created"));
+
+    // a config that wants more partitions than the topics have is reported, not used silently
+    env.retain(|(k, _)| k != "TIDINGS_BUS_PARTITIONS");
+    env.push(("TIDINGS_BUS_PARTITIONS".into(), "4".into()));
+    let (ok, _, err) = migrate(&env, data.path());
+    assert!(!ok, "short topics must fail the migration");
+    assert!(err.contains("fewer partitions than configured"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{prefix}.requests.low has 2 partitions, configured 4"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_pipeline_runs_on_kafka() {
+    let prefix = unique("pipe");
+    let mut env = on_kafka(&prefix);
+    env.push(("TIDINGS_RETRY_WEBHOOK_BASE_MS".into(), "50".into()));
+    env.push(("TIDINGS_RETRY_WEBHOOK_CAP_MS".into(), "200".into()));
+    let s = Server::start(&pairs(&env)).await;
+    let hook = receiver(vec![503, 200]).await;
+    let t = s
+        .tenant_with(json!({"name": "kafka-shop", "webhook_url": hook.url}))
+        .await;
+    let mut alice = Ws::connect(&s, &t.token("alice")).await;
+
+    // in-app over ingest -> requests -> router -> deliveries -> delivery, every hop on Kafka
+    let mut ids = Vec::new();
+    for (i, p) in ["low", "normal", "high", "urgent"].iter().enumerate() {
+        ids.push(
+            s.send(
+                &t,
+                json!({"to": {"users": ["alice"]}, "title": format!("t{i}"), "body": "b", "priority": p}),
+            )
+            .await,
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let m = alice
+            .next_message(30 * SEC)
+            .await
+            .unwrap_or_else(|| panic!("only {} of {} arrived", got.len(), ids.len()));
+        got.push(m["id"].as_str().unwrap().to_string());
+    }
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "each message once");
+    let inbox = s.inbox_all(&t.token("alice")).await;
+    assert_eq!(inbox.len(), 4);
+
+    // a webhook that fails once goes through retry.short on Kafka and is delivered
+    let id = s
+        .send(
+            &t,
+            json!({"to": {"users": ["bob"]}, "title": "w", "body": "b", "channels": ["webhook"]}),
+        )
+        .await;
+    let r = wait_status(&s, &t, &id, "delivered").await;
+    assert_eq!(r["attempts"], 2, "{r}");
+    assert_eq!(hook.hits.lock().unwrap().len(), 2);
+
+    // lag and rebalance metrics come from the Kafka consumers
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = s.metrics().await;
+        if m.contains("tidings_bus_rebalances_total") && m.contains("tidings_bus_consumer_lag") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bus metrics missing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
