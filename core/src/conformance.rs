@@ -989,3 +989,124 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
 fn ids(items: &[InboxItem]) -> Vec<&str> {
     items.iter().map(|i| i.message_id.as_str()).collect()
 }
+
+/// The stage runner ([`crate::stage`]) on a backend: undecodable records and records that
+/// fail for good are dead-lettered with their reason, passing failures are retried without
+/// redoing finished records, order within a partition holds, the stage never stops on a bad
+/// record, and everything ends committed.
+pub async fn runner_conformance(bus: std::sync::Arc<dyn Bus>, prefix: &str) {
+    use crate::stage::{Batch, DeadLetters, Handler, Lane};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Seen {
+        handled: Vec<u32>,
+        failed: Vec<u32>,
+        attempts_of_7: u32,
+    }
+    struct Picky {
+        seen: Arc<Mutex<Seen>>,
+    }
+    #[async_trait::async_trait]
+    impl Handler for Picky {
+        type Item = u32;
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn decode(&self, r: &Record) -> crate::Result<u32> {
+            let bytes: [u8; 4] = r
+                .value
+                .clone()
+                .try_into()
+                .map_err(|_| crate::Error::invalid("undecodable", "not four bytes"))?;
+            Ok(u32::from_be_bytes(bytes))
+        }
+        async fn handle(&mut self, batch: &mut Batch<u32>) -> crate::Result<()> {
+            for i in batch.open() {
+                let v = batch.entry(i).item;
+                let mut seen = self.seen.lock().unwrap();
+                if v == 13 {
+                    return Err(crate::Error::invalid("unlucky", "thirteen"));
+                }
+                if v == 7 {
+                    seen.attempts_of_7 += 1;
+                    if seen.attempts_of_7 < 3 {
+                        return Err(crate::Error::unavailable("seven is shy"));
+                    }
+                }
+                seen.handled.push(v);
+                drop(seen);
+                batch.finish(i);
+            }
+            Ok(())
+        }
+        async fn failed(&mut self, _r: &Record, v: &u32, _e: &crate::Error) -> crate::Result<()> {
+            self.seen.lock().unwrap().failed.push(*v);
+            Ok(())
+        }
+    }
+
+    let topic = format!("{prefix}.stage");
+    let dlq = format!("{prefix}.stage-dlq");
+    bus.ensure_topic(&spec(&topic, 2)).await.unwrap();
+    bus.ensure_topic(&spec(&dlq, 1)).await.unwrap();
+    let mut recs: Vec<OutRecord> = (0..20u32)
+        .map(|i| OutRecord::new(&topic, b"one-key".to_vec(), i.to_be_bytes().to_vec()))
+        .collect();
+    recs.insert(
+        5,
+        OutRecord::new(&topic, b"one-key".to_vec(), b"??".to_vec()),
+    );
+    bus.append(recs).await.unwrap();
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let lanes = vec![Lane {
+        consumer: bus.consumer("stage", &topic).await.unwrap(),
+        max: 64,
+    }];
+    let letters = DeadLetters {
+        bus: bus.clone(),
+        topic: dlq.clone(),
+    };
+    let runner = tokio::spawn(crate::stage::run_with(
+        letters,
+        Picky { seen: seen.clone() },
+        lanes,
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().handled.len() < 19 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stage stalled: {:?}",
+            seen.lock().unwrap().handled
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // everything is committed soon after (the runner commits every 100 ms)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bus.lag("stage", &topic).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    runner.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    let want: Vec<u32> = (0..20).filter(|v| *v != 13).collect();
+    assert_eq!(seen.handled, want, "each once, in order");
+    assert_eq!(seen.failed, vec![13]);
+    assert_eq!(seen.attempts_of_7, 3, "retried until it passed");
+
+    let mut reader = bus.consumer("dlq-reader", &dlq).await.unwrap();
+    let letters = read_n(reader.as_mut(), 2, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 2);
+    assert!(letters[0]
+        .value
+        .starts_with(b"undecodable: not four bytes\n??"));
+    assert!(letters[1].value.starts_with(b"unlucky: thirteen\n"));
+    assert_eq!(
+        &letters[1].value[letters[1].value.len() - 4..],
+        &13u32.to_be_bytes()
+    );
+}

@@ -113,16 +113,8 @@ impl Context {
     /// Send a record a stage cannot handle to `dlq`, prefixed with the reason
     /// (`"<code>: <message>\n"`), so the partition it came from never stalls on it.
     pub async fn dead_letter(&self, record: &bus::Record, err: &Error) -> Result<()> {
-        let mut value = format!("{}: {}\n", err.code, err.message).into_bytes();
-        value.extend_from_slice(&record.value);
-        self.bus
-            .append(vec![bus::OutRecord::new(
-                self.dlq_topic(),
-                record.key.clone(),
-                value,
-            )])
-            .await
-            .map(|_| ())
+        let letter = stage::DeadLetters::letter(&self.dlq_topic(), record, err);
+        self.bus.append(vec![letter]).await.map(|_| ())
     }
 
     /// Every topic the pipeline uses, as the config wants it, for `migrate` and start-up.

@@ -24,6 +24,7 @@
 //! - **Backpressure**: while [`Handler::full`] says so, the lanes are paused.
 
 use crate::backoff::RetryPolicy;
+use crate::bus::{Bus, OutRecord};
 use crate::bus::{Consumer, Record};
 use crate::metrics_names::STAGE_DEAD_LETTERS_TOTAL;
 use crate::{Context, Error, Result};
@@ -348,6 +349,38 @@ impl LaneState {
 /// caller restarts the stage, which resumes from the committed offsets.
 pub async fn run<H: Handler>(
     ctx: Context,
+    handler: H,
+    lanes: Vec<Lane>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let dlq = DeadLetters {
+        bus: ctx.bus.clone(),
+        topic: ctx.dlq_topic(),
+    };
+    run_with(dlq, handler, lanes, shutdown).await
+}
+
+/// Where the runner sends records it cannot use.
+#[derive(Clone)]
+pub struct DeadLetters {
+    pub bus: Arc<dyn Bus>,
+    /// `<prefix>.dlq`
+    pub topic: String,
+}
+
+impl DeadLetters {
+    /// The dead letter of `record`: its value prefixed with the reason
+    /// (`"<code>: <message>\n"`), under its own key.
+    pub fn letter(topic: &str, record: &Record, err: &Error) -> OutRecord {
+        let mut value = format!("{}: {}\n", err.code, err.message).into_bytes();
+        value.extend_from_slice(&record.value);
+        OutRecord::new(topic, record.key.clone(), value)
+    }
+}
+
+/// [`run`] with the dead-letter topic given (tests run stages without a whole [`Context`]).
+pub async fn run_with<H: Handler>(
+    dlq: DeadLetters,
     mut handler: H,
     lanes: Vec<Lane>,
     shutdown: CancellationToken,
@@ -362,7 +395,7 @@ pub async fn run<H: Handler>(
             last_commit: std::time::Instant::now(),
         })
         .collect();
-    let result = turns(&ctx, &mut handler, &mut lanes, &shutdown).await;
+    let result = turns(&dlq, &mut handler, &mut lanes, &shutdown).await;
     // shutdown or failure: let background work finish by a deadline, commit what is done
     let deadline = Instant::now() + Duration::from_secs(5);
     let drained = handler.drain(deadline).await;
@@ -376,7 +409,7 @@ pub async fn run<H: Handler>(
 }
 
 async fn turns<H: Handler>(
-    ctx: &Context,
+    dlq: &DeadLetters,
     handler: &mut H,
     lanes: &mut [LaneState],
     shutdown: &CancellationToken,
@@ -395,7 +428,7 @@ async fn turns<H: Handler>(
         for i in 0..lanes.len() {
             let max = lanes[i].lane.max;
             let records = lanes[i].lane.consumer.poll(max, Duration::ZERO).await?;
-            after_poll(ctx, handler, lanes, i, records, &mut worked, shutdown).await?;
+            after_poll(dlq, handler, lanes, i, records, &mut worked, shutdown).await?;
         }
         for l in lanes.iter_mut() {
             l.commit(!worked).await?;
@@ -423,13 +456,13 @@ async fn turns<H: Handler>(
             }
         };
         let mut worked = false;
-        after_poll(ctx, handler, lanes, i, records, &mut worked, shutdown).await?;
+        after_poll(dlq, handler, lanes, i, records, &mut worked, shutdown).await?;
     }
 }
 
 /// Handle a lane's rebalance and the records it polled.
 async fn after_poll<H: Handler>(
-    ctx: &Context,
+    dlq: &DeadLetters,
     handler: &mut H,
     lanes: &mut [LaneState],
     i: usize,
@@ -456,7 +489,7 @@ async fn after_poll<H: Handler>(
                 state: EntryState::Open,
             }),
             Err(e) => {
-                dead_letter(ctx, handler.name(), &r, &e, lanes, shutdown).await?;
+                dead_letter(dlq, handler.name(), &r, &e, lanes, shutdown).await?;
                 ledger.done(r.partition, r.offset);
             }
         }
@@ -469,13 +502,13 @@ async fn after_poll<H: Handler>(
         entries,
         ledger,
     };
-    process(ctx, handler, lanes, batch, shutdown).await
+    process(dlq, handler, lanes, batch, shutdown).await
 }
 
 /// Handle a batch to the end: retry what is retriable, split what fails for good, dead-letter
 /// a record that fails alone.
 async fn process<H: Handler>(
-    ctx: &Context,
+    dlq: &DeadLetters,
     handler: &mut H,
     lanes: &mut [LaneState],
     batch: Batch<H::Item>,
@@ -528,7 +561,7 @@ async fn process<H: Handler>(
                         }
                     }
                     let record = entry.record.clone();
-                    dead_letter(ctx, handler.name(), &record, &e, lanes, shutdown).await?;
+                    dead_letter(dlq, handler.name(), &record, &e, lanes, shutdown).await?;
                     batch.finish(i);
                     break;
                 }
@@ -592,7 +625,7 @@ async fn wait_out<H: Handler>(
 /// Send `record` to `dlq` with the reason, counted by stage and reason; a bus that is down is
 /// waited out.
 async fn dead_letter(
-    ctx: &Context,
+    dlq: &DeadLetters,
     stage: &'static str,
     record: &Record,
     e: &Error,
@@ -604,8 +637,12 @@ async fn dead_letter(
     metrics::counter!(STAGE_DEAD_LETTERS_TOTAL, "stage" => stage, "reason" => e.code).increment(1);
     let mut attempt = 0u32;
     loop {
-        match ctx.dead_letter(record, e).await {
-            Ok(()) => return Ok(()),
+        match dlq
+            .bus
+            .append(vec![DeadLetters::letter(&dlq.topic, record, e)])
+            .await
+        {
+            Ok(_) => return Ok(()),
             Err(f) if f.is_retriable() && !shutdown.is_cancelled() => {
                 let delay = RetryPolicy::stage()
                     .next_delay(attempt, &mut rand::thread_rng())

@@ -663,6 +663,7 @@ mod tests {
         let bus =
             EmbeddedBus::open(&dir.path().join("bus.redb"), Duration::from_secs(3600)).unwrap();
         tidings_core::conformance::bus_conformance(&bus, "t").await;
+        tidings_core::conformance::runner_conformance(std::sync::Arc::new(bus), "t").await;
     }
 
     #[tokio::test]

@@ -647,6 +647,8 @@ mod tests {
         };
         let bus = KafkaBus::connect(&config, "conformance").unwrap();
         bus.ready().await.unwrap();
-        tidings_core::conformance::bus_conformance(&bus, &unique("conf")).await;
+        let prefix = unique("conf");
+        tidings_core::conformance::bus_conformance(&bus, &prefix).await;
+        tidings_core::conformance::runner_conformance(Arc::new(bus), &prefix).await;
     }
 }
