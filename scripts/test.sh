@@ -23,16 +23,33 @@ if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
 fi
 
+# Go builds the test schema registry (scripts/services/registry.sh)
+if ! command -v go >/dev/null 2>&1; then
+  echo "== installing Go"
+  apt-get update -qq && apt-get install -y -qq golang-go >/dev/null
+fi
+# the Python producer of docs/examples runs in a venv of its own, kept in the cache
+CACHE="${TIDINGS_CACHE:-$HOME/.cache/tidings}"
+VENV="$CACHE/venv-test"
+if ! "$VENV/bin/python" -c "import confluent_kafka, fastavro" >/dev/null 2>&1; then
+  echo "== Python venv for the producer example"
+  python3 -m venv "$VENV" || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q confluent-kafka fastavro
+fi
+export TIDINGS_TEST_PYTHON="$VENV/bin/python"
+
 SERVICES="$(mktemp -d "${TMPDIR:-/tmp}/tidings-services.XXXXXX")"
 stop_services() {
   scripts/services/kafka.sh stop "$SERVICES/kafka" || true
+  scripts/services/registry.sh stop "$SERVICES/registry" || true
   rm -rf "$SERVICES"
 }
 trap stop_services EXIT
-echo "== starting Kafka"
+echo "== starting Kafka and a schema registry"
 eval "$(scripts/services/kafka.sh start "$SERVICES/kafka")"
-export TIDINGS_TEST_KAFKA
-echo "Kafka on $TIDINGS_TEST_KAFKA"
+eval "$(scripts/services/registry.sh start "$SERVICES/registry")"
+export TIDINGS_TEST_KAFKA TIDINGS_TEST_REGISTRY
+echo "Kafka on $TIDINGS_TEST_KAFKA, registry on $TIDINGS_TEST_REGISTRY"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -3,11 +3,16 @@
 //!
 //! - `avro/*.avsc`: the schemas; `manifest.json` pins their ids when no registry is used
 //! - [`Codec`]: encode and decode [`NotificationRequest`], [`Delivery`], [`DeliveryEvent`]
+//! - [`registry`]: a Confluent-compatible schema registry client, for records of outside
+//!   producers and for `tidings migrate`
 //!
 //! The embedded bus carries exactly the bytes the Kafka bus will.
 
+pub mod registry;
+
 use apache_avro::types::Value;
-use apache_avro::{from_avro_datum, to_avro_datum, Schema};
+pub use apache_avro::Schema;
+use apache_avro::{from_avro_datum, to_avro_datum};
 use std::sync::OnceLock;
 use tidings_core::model::*;
 use tidings_core::{Error, Result};
@@ -94,13 +99,19 @@ pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
 /// Split a Confluent-framed record into schema id and body.
 pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8])> {
     if bytes.len() < 5 {
-        return Err(bad(format!(
-            "record of {} bytes is shorter than the 5-byte header",
-            bytes.len()
-        )));
+        return Err(Error::invalid(
+            "truncated_record",
+            format!(
+                "record of {} bytes is shorter than the 5-byte header",
+                bytes.len()
+            ),
+        ));
     }
     if bytes[0] != 0 {
-        return Err(bad(format!("unknown magic byte {}", bytes[0])));
+        return Err(Error::invalid(
+            "bad_magic_byte",
+            format!("magic byte {} (the Confluent wire format has 0)", bytes[0]),
+        ));
     }
     let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     Ok((id, &bytes[5..]))
@@ -112,30 +123,44 @@ fn encode(info: &SchemaInfo, value: Value) -> Vec<u8> {
 }
 
 fn decode(info: &SchemaInfo, bytes: &[u8]) -> Result<Vec<(String, Value)>> {
-    let (id, mut body) = unframe(bytes)?;
-    let decoded = if id == info.id {
-        from_avro_datum(&info.schema, &mut body, None)
+    let (id, body) = unframe(bytes)?;
+    if id == info.id {
+        decode_body(info, None, body)
     } else if let Some((_, writer)) = info.older.iter().find(|(old, _)| *old == id) {
         // written with an earlier version: resolve it into the current one
-        from_avro_datum(writer, &mut body, Some(&info.schema))
+        decode_body(info, Some(writer), body)
     } else {
-        return Err(bad(format!(
-            "schema id {id} is not {} ({})",
-            info.id, info.name
-        )));
+        Err(Error::invalid(
+            "unknown_schema_id",
+            format!("schema id {id} is not {} ({})", info.id, info.name),
+        ))
+    }
+}
+
+/// Decode an Avro body written with `writer` (`None`: the reader's own schema) into the
+/// fields of `info`'s schema, by Avro schema resolution.
+fn decode_body(
+    info: &SchemaInfo,
+    writer: Option<&Schema>,
+    mut body: &[u8],
+) -> Result<Vec<(String, Value)>> {
+    let undecodable = |m: String| Error::invalid("undecodable", m);
+    let decoded = match writer {
+        None => from_avro_datum(&info.schema, &mut body, None),
+        Some(w) => from_avro_datum(w, &mut body, Some(&info.schema)),
     };
     match decoded {
         Ok(Value::Record(fields)) => {
             if !body.is_empty() {
-                return Err(bad(format!(
+                return Err(undecodable(format!(
                     "{} trailing bytes after the record",
                     body.len()
                 )));
             }
             Ok(fields)
         }
-        Ok(_) => Err(bad("not a record")),
-        Err(e) => Err(bad(format!("undecodable {}: {e}", info.name))),
+        Ok(_) => Err(undecodable("not a record".into())),
+        Err(e) => Err(undecodable(format!("undecodable {}: {e}", info.name))),
     }
 }
 
@@ -240,6 +265,36 @@ impl Fields {
     }
 }
 
+fn request_of(f: Fields) -> Result<NotificationRequest> {
+    Ok(NotificationRequest {
+        message_id: f.opt_str("message_id")?.unwrap_or_default(),
+        tenant_id: f.str("tenant_id")?,
+        to: Recipients {
+            users: f.strs("to_users")?,
+            topics: f.strs("to_topics")?,
+            tags: f.strs("to_tags")?,
+            broadcast: matches!(f.get("broadcast")?, Value::Boolean(true)),
+        },
+        template: f.opt_str("template")?,
+        template_version: f.opt_long("template_version")?.map(|v| v.max(0) as u64),
+        data: f.json("data_json")?,
+        locale: f.opt_str("locale")?,
+        title: f.opt_str("title")?,
+        body: f.opt_str("body")?,
+        priority: f.priority()?,
+        category: f.opt_str("category")?,
+        channels: f
+            .strs("channels")?
+            .iter()
+            .map(|c| c.parse().map_err(bad))
+            .collect::<Result<_>>()?,
+        idempotency_key: f.opt_str("idempotency_key")?,
+        ttl_seconds: f.opt_long("ttl_seconds")?,
+        send_at_ms: f.opt_long("send_at_ms")?,
+        accepted_at_ms: f.long("accepted_at_ms")?,
+    })
+}
+
 impl Codec {
     pub fn encode_request(&self, r: &NotificationRequest) -> Vec<u8> {
         let channels: Vec<String> = r.channels.iter().map(|c| c.as_str().to_string()).collect();
@@ -276,34 +331,18 @@ impl Codec {
     }
 
     pub fn decode_request(&self, bytes: &[u8]) -> Result<NotificationRequest> {
-        let f = Fields(decode(&self.request, bytes)?);
-        Ok(NotificationRequest {
-            message_id: f.opt_str("message_id")?.unwrap_or_default(),
-            tenant_id: f.str("tenant_id")?,
-            to: Recipients {
-                users: f.strs("to_users")?,
-                topics: f.strs("to_topics")?,
-                tags: f.strs("to_tags")?,
-                broadcast: matches!(f.get("broadcast")?, Value::Boolean(true)),
-            },
-            template: f.opt_str("template")?,
-            template_version: f.opt_long("template_version")?.map(|v| v.max(0) as u64),
-            data: f.json("data_json")?,
-            locale: f.opt_str("locale")?,
-            title: f.opt_str("title")?,
-            body: f.opt_str("body")?,
-            priority: f.priority()?,
-            category: f.opt_str("category")?,
-            channels: f
-                .strs("channels")?
-                .iter()
-                .map(|c| c.parse().map_err(bad))
-                .collect::<Result<_>>()?,
-            idempotency_key: f.opt_str("idempotency_key")?,
-            ttl_seconds: f.opt_long("ttl_seconds")?,
-            send_at_ms: f.opt_long("send_at_ms")?,
-            accepted_at_ms: f.long("accepted_at_ms")?,
-        })
+        request_of(Fields(decode(&self.request, bytes)?))
+    }
+
+    /// Decode a `NotificationRequest` body (without its 5-byte header) that a producer wrote
+    /// with `writer`, another version of the schema (found in a registry): fields the writer
+    /// lacks take their defaults, fields it added are skipped.
+    pub fn decode_request_written_with(
+        &self,
+        writer: &Schema,
+        body: &[u8],
+    ) -> Result<NotificationRequest> {
+        request_of(Fields(decode_body(&self.request, Some(writer), body)?))
     }
 
     pub fn encode_delivery(&self, d: &Delivery) -> Vec<u8> {
@@ -520,9 +559,16 @@ mod tests {
         assert_eq!(c.decode_event(&bytes).unwrap(), e);
         assert_eq!(
             c.decode_delivery(&bytes).unwrap_err().code,
-            "invalid_record"
+            "unknown_schema_id"
         );
-        assert!(unframe(&[1, 0, 0, 0, 1]).is_err());
-        assert!(unframe(&[0, 0]).is_err());
+        assert_eq!(
+            unframe(&[1, 0, 0, 0, 1]).unwrap_err().code,
+            "bad_magic_byte"
+        );
+        assert_eq!(unframe(&[0, 0]).unwrap_err().code, "truncated_record");
+        assert_eq!(
+            c.decode_delivery(&frame(2, &[0xff; 3])).unwrap_err().code,
+            "undecodable"
+        );
     }
 }

@@ -113,8 +113,9 @@ async fn ensure_topics(ctx: &Context) -> anyhow::Result<Vec<TopicReport>> {
     Ok(out)
 }
 
-/// `tidings migrate`: create every topic with its partitions, replication and retention, and
-/// check the ones that exist (the embedded store creates its tables when opened). Safe to run
+/// `tidings migrate`: create every topic with its partitions, replication and retention,
+/// check the ones that exist (the embedded store creates its tables when opened), and with a
+/// schema registry register `NotificationRequest` under `<prefix>.ingest-value`. Safe to run
 /// twice. Fails when a topic has fewer partitions than configured.
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     let ctx = open(config)?;
@@ -136,6 +137,17 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
                 r.spec.name, r.state.partitions, r.spec.partitions
             ));
         }
+    }
+    let url = &ctx.config.bus.schema_registry_url;
+    if !url.is_empty() {
+        let registry =
+            tidings_schemas::registry::Registry::new(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let subject = ctx.config.topic("ingest-value");
+        let id = registry
+            .register(&subject, tidings_schemas::NOTIFICATION_REQUEST_AVSC)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering {subject}: {e}"))?;
+        println!("schema registered {subject} id={id}");
     }
     if !short.is_empty() {
         anyhow::bail!(

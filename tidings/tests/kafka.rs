@@ -172,3 +172,116 @@ async fn the_whole_pipeline_runs_on_kafka() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn registry() -> String {
+    std::env::var("TIDINGS_TEST_REGISTRY")
+        .expect("TIDINGS_TEST_REGISTRY is not set: run scripts/test.sh")
+}
+
+/// Run `docs/examples/producer.py` (the documented Python producer) with `args`.
+fn python_producer(args: &[&str]) -> serde_json::Value {
+    let python = std::env::var("TIDINGS_TEST_PYTHON")
+        .expect("TIDINGS_TEST_PYTHON is not set: run scripts/test.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/producer.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the Python producer");
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the producer prints its result")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_producers_publish_avro_through_a_registry_as_schemas_evolve() {
+    let prefix = unique("avro");
+    let data = tempfile::tempdir().unwrap();
+    let mut env = on_kafka(&prefix);
+    env.push(("TIDINGS_SCHEMA_REGISTRY_URL".into(), registry()));
+    let (ok, out, err) = migrate(&env, data.path());
+    assert!(ok, "migrate failed: {err}");
+    assert!(
+        out.contains(&format!("schema registered {prefix}.ingest-value id=")),
+        "{out}"
+    );
+    let s = Server::start(&pairs(&env)).await;
+    let t = s.tenant().await;
+    let mut alice = Ws::connect(&s, &t.token("alice")).await;
+    let brokers = brokers();
+    let reg = registry();
+    let common = [
+        "--brokers",
+        brokers.as_str(),
+        "--prefix",
+        prefix.as_str(),
+        "--registry",
+        reg.as_str(),
+        "--tenant",
+        t.id.as_str(),
+        "--user",
+        "alice",
+    ];
+
+    // the schema as migrate registered it
+    let first = python_producer(&[&common[..], &["--title", "from python"]].concat());
+    let m = alice
+        .next_message(30 * SEC)
+        .await
+        .expect("the first record arrives");
+    assert_eq!(m["title"], "from python");
+
+    // a producer moves to a later version (field added with a default, one removed), and
+    // also publishes what cannot be used: every one is dead-lettered, none stalls the
+    // partition, and the good record after them arrives
+    let second =
+        python_producer(&[&common[..], &["--evolve", "--bad", "--title", "evolved"]].concat());
+    assert_ne!(
+        first["schema_id"], second["schema_id"],
+        "a new version was registered"
+    );
+    let m = alice
+        .next_message(30 * SEC)
+        .await
+        .expect("the evolved record arrives");
+    assert_eq!(m["title"], "evolved");
+    assert!(alice
+        .next_message(500 * std::time::Duration::from_millis(1))
+        .await
+        .is_none());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let want = [
+        "bad_magic_byte",
+        "unknown_schema_id",
+        "undecodable",
+        "truncated_record",
+        "tenant_not_found",
+    ];
+    loop {
+        let m = s.metrics().await;
+        let missing: Vec<&&str> = want
+            .iter()
+            .filter(|r| {
+                !m.contains(&format!(
+                    "tidings_stage_dead_letters_total{{stage=\"ingest\",reason=\"{r}\"}} 1"
+                ))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters not counted by reason: {missing:?}\n{}",
+            m.lines()
+                .filter(|l| l.contains("dead_letters"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
