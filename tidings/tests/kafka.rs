@@ -285,3 +285,70 @@ async fn outside_producers_publish_avro_through_a_registry_as_schemas_evolve() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The router reads urgent first: an urgent send overtakes a backlog of 100,000 low
+/// requests already in the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_overtakes_a_backlog_of_100k_low_requests() {
+    let prefix = unique("prio");
+    let data = tempfile::tempdir().unwrap();
+    let env = on_kafka(&prefix);
+    let (ok, _, err) = migrate(&env, data.path());
+    assert!(ok, "migrate failed: {err}");
+    let s = Server::start(&pairs(&env)).await;
+    let t = s.tenant().await;
+    let mut alice = Ws::connect(&s, &t.token("alice")).await;
+
+    // the backlog, written to the broker while the router is running
+    let python = std::env::var("TIDINGS_TEST_PYTHON").expect("run scripts/test.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backlog.py");
+    let avsc = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schemas/avro/NotificationRequest.avsc"
+    );
+    let out = Command::new(python)
+        .args([script, &brokers(), &prefix, &t.id, "100000", avsc, "4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let routed_low = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with("tidings_router_requests_total{priority=\"low\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // the router is busy with the backlog
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while routed_low(&s.metrics().await) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog is not being routed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = std::time::Instant::now();
+    let id = s
+        .send(
+            &t,
+            json!({"to": {"users": ["alice"]}, "title": "now", "body": "b", "priority": "urgent"}),
+        )
+        .await;
+    let m = alice.next_message(30 * SEC).await.expect("urgent arrives");
+    let took = sent.elapsed();
+    assert_eq!(m["id"], id.as_str());
+    let low_done = routed_low(&s.metrics().await);
+    assert!(
+        low_done < 100_000,
+        "urgent waited for the whole backlog ({low_done} low routed first, {took:?})"
+    );
+    eprintln!(
+        "urgent arrived in {took:?} with {} low requests still queued",
+        100_000 - low_done
+    );
+}
