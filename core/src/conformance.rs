@@ -1092,11 +1092,13 @@ pub async fn runner_conformance(bus: std::sync::Arc<dyn Bus>, prefix: &str) {
     }
     shutdown.cancel();
     runner.await.unwrap().unwrap();
-    let seen = seen.lock().unwrap();
-    let want: Vec<u32> = (0..20).filter(|v| *v != 13).collect();
-    assert_eq!(seen.handled, want, "each once, in order");
-    assert_eq!(seen.failed, vec![13]);
-    assert_eq!(seen.attempts_of_7, 3, "retried until it passed");
+    {
+        let seen = seen.lock().unwrap();
+        let want: Vec<u32> = (0..20).filter(|v| *v != 13).collect();
+        assert_eq!(seen.handled, want, "each once, in order");
+        assert_eq!(seen.failed, vec![13]);
+        assert_eq!(seen.attempts_of_7, 3, "retried until it passed");
+    }
 
     let mut reader = bus.consumer("dlq-reader", &dlq).await.unwrap();
     let letters = read_n(reader.as_mut(), 2, Duration::from_secs(30)).await;

@@ -352,3 +352,152 @@ async fn urgent_overtakes_a_backlog_of_100k_low_requests() {
         100_000 - low_done
     );
 }
+
+/// A broker of a test's own (`scripts/services/kafka.sh`), stopped when dropped.
+struct OwnBroker {
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+const KAFKA_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services/kafka.sh");
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(KAFKA_SH)
+            .args(["start", dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let addr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("export TIDINGS_TEST_KAFKA="))
+            .expect("kafka.sh prints the address")
+            .to_string();
+        OwnBroker { dir, addr }
+    }
+
+    fn run(&self, what: &str) {
+        let out = Command::new(KAFKA_SH)
+            .args([what, self.dir.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(KAFKA_SH)
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .output();
+    }
+}
+
+/// Stop the broker mid-stream and start it again: sends answer 503 `bus_unavailable` within
+/// the produce timeout while it is down, `/readyz` says so, the server recovers by itself,
+/// and nothing that got a 202 is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_loses_nothing_that_was_accepted() {
+    let broker = OwnBroker::start();
+    let prefix = unique("fault");
+    let mut env = on_kafka(&prefix);
+    env.retain(|(k, _)| k != "TIDINGS_KAFKA_BROKERS");
+    env.push(("TIDINGS_KAFKA_BROKERS".into(), broker.addr.clone()));
+    env.push(("TIDINGS_BUS_PRODUCE_TIMEOUT_MS".into(), "2000".into()));
+    let s = Server::start(&pairs(&env)).await;
+    let t = s.tenant().await;
+    let mut accepted = Vec::new();
+    let send = |i: usize| {
+        let (http, url, key) = (s.http.clone(), s.url("/v1/messages"), t.api_key.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"to": {"users": ["alice"]}, "title": format!("m{i}"), "body": "b"}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body, started.elapsed())
+        }
+    };
+    for i in 0..20 {
+        let (st, body, _) = send(i).await;
+        assert_eq!(st, 202, "{body}");
+        accepted.push(body["message_id"].as_str().unwrap().to_string());
+    }
+
+    broker.run("stop");
+    // down: sends fail fast and clearly, readiness says why
+    for i in 20..23 {
+        let (st, body, took) = send(i).await;
+        eprintln!("send {i} during the outage: {st} in {took:?}");
+        assert_eq!(st, 503, "{body}");
+        assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
+        assert!(took < Duration::from_secs(5), "a send hung for {took:?}");
+    }
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("bus"));
+
+    broker.run("launch");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // back: sends are accepted again (a producer may need a moment to reconnect)
+    let mut i = 23;
+    while accepted.len() < 40 {
+        let (st, body, _) = send(i).await;
+        i += 1;
+        match st {
+            202 => accepted.push(body["message_id"].as_str().unwrap().to_string()),
+            503 => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "sends never recovered: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+
+    // every accepted message reaches alice's inbox
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let inbox = s.inbox_all(&t.token("alice")).await;
+        let have: std::collections::HashSet<&str> =
+            inbox.iter().filter_map(|m| m["id"].as_str()).collect();
+        let missing: Vec<&String> = accepted
+            .iter()
+            .filter(|id| !have.contains(id.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} accepted messages never arrived",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

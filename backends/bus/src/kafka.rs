@@ -16,7 +16,6 @@
 use async_trait::async_trait;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -49,6 +48,45 @@ fn produce_error(topic: &str) {
         .increment(1);
 }
 
+/// librdkafka's own log lines and errors in ours: a broker outage makes every client report
+/// every failed connection, so the process warns at most once per 10 s and the rest goes to
+/// debug.
+#[derive(Default)]
+pub struct Quiet;
+
+static LAST_WARN: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+
+impl Quiet {
+    fn report(&self, what: std::fmt::Arguments<'_>) {
+        let mut last = LAST_WARN.lock().expect("log lock");
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!("kafka: {what}");
+        } else {
+            tracing::debug!("kafka: {what}");
+        }
+    }
+}
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => self.report(format_args!("{fac}: {message}")),
+            _ => tracing::debug!("kafka: {fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report(format_args!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// The Kafka backend of the bus port.
 #[derive(Clone)]
 pub struct KafkaBus {
@@ -57,10 +95,12 @@ pub struct KafkaBus {
 
 struct Inner {
     base: ClientConfig,
-    producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
+    producer: FutureProducer<Quiet>,
+    admin: AdminClient<Quiet>,
+    /// Longest an append waits for the brokers.
+    produce_timeout: Duration,
     /// Consumers used only to read a group's committed offsets (never subscribed).
-    offset_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    offset_readers: Mutex<HashMap<String, Arc<BaseConsumer<Quiet>>>>,
 }
 
 impl KafkaBus {
@@ -77,7 +117,7 @@ impl KafkaBus {
         let bad = |what: &str, e: KafkaError| {
             Error::invalid("config_invalid", format!("bus.kafka ({what}): {e}"))
         };
-        let producer: FutureProducer = base
+        let producer: FutureProducer<Quiet> = base
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -86,32 +126,34 @@ impl KafkaBus {
             .set("batch.num.messages", "10000")
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-            .create()
+            .create_with_context(Quiet::default())
             .map_err(|e| bad("producer", e))?;
-        let admin: AdminClient<DefaultClientContext> =
-            base.create().map_err(|e| bad("admin", e))?;
+        let admin: AdminClient<Quiet> = base
+            .create_with_context(Quiet::default())
+            .map_err(|e| bad("admin", e))?;
         Ok(KafkaBus {
             inner: Arc::new(Inner {
                 base,
                 producer,
                 admin,
+                produce_timeout: Duration::from_millis(config.produce_timeout_ms),
                 offset_readers: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    fn offset_reader(&self, group: &str) -> Result<Arc<BaseConsumer>> {
+    fn offset_reader(&self, group: &str) -> Result<Arc<BaseConsumer<Quiet>>> {
         let mut readers = self.inner.offset_readers.lock().expect("readers lock");
         if let Some(c) = readers.get(group) {
             return Ok(c.clone());
         }
-        let c: BaseConsumer = self
+        let c: BaseConsumer<Quiet> = self
             .inner
             .base
             .clone()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(Quiet::default())
             .map_err(|e| unavailable("offset reader", e))?;
         let c = Arc::new(c);
         readers.insert(group.to_string(), c.clone());
@@ -235,11 +277,27 @@ impl Bus for KafkaBus {
         }
         let mut out = Vec::with_capacity(waiting.len());
         let mut failed = None;
-        for (f, r) in futures::future::join_all(waiting)
-            .await
-            .into_iter()
-            .zip(&records)
-        {
+        // librdkafka expires messages on a coarse timer: hold the caller to the deadline (a
+        // record that expires later is reported as failed; at-least-once covers one that made
+        // it after all)
+        let results = tokio::time::timeout(
+            self.inner.produce_timeout,
+            futures::future::join_all(waiting),
+        )
+        .await
+        .map_err(|_| {
+            for r in &records {
+                produce_error(&r.topic);
+            }
+            unavailable(
+                "append",
+                format!(
+                    "the brokers did not acknowledge within {:?}",
+                    self.inner.produce_timeout
+                ),
+            )
+        })?;
+        for (f, r) in results.into_iter().zip(&records) {
             match f {
                 Ok(Ok(d)) => out.push(Position {
                     partition: d.partition as u32,
@@ -266,6 +324,7 @@ impl Bus for KafkaBus {
         let context = GroupContext {
             topic: topic.to_string(),
             shared: shared.clone(),
+            logs: Quiet::default(),
         };
         let consumer: StreamConsumer<GroupContext> = self
             .inner
@@ -356,9 +415,18 @@ struct Shared {
 struct GroupContext {
     topic: String,
     shared: Arc<Mutex<Shared>>,
+    logs: Quiet,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.logs.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(error, reason)
+    }
+}
 
 impl GroupContext {
     fn ours(&self, tpl: &TopicPartitionList) -> Vec<u32> {
