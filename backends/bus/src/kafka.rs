@@ -126,10 +126,10 @@ impl KafkaBus {
             .set("batch.num.messages", "10000")
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-            .create_with_context(Quiet::default())
+            .create_with_context(Quiet)
             .map_err(|e| bad("producer", e))?;
         let admin: AdminClient<Quiet> = base
-            .create_with_context(Quiet::default())
+            .create_with_context(Quiet)
             .map_err(|e| bad("admin", e))?;
         Ok(KafkaBus {
             inner: Arc::new(Inner {
@@ -153,7 +153,7 @@ impl KafkaBus {
             .clone()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .create_with_context(Quiet::default())
+            .create_with_context(Quiet)
             .map_err(|e| unavailable("offset reader", e))?;
         let c = Arc::new(c);
         readers.insert(group.to_string(), c.clone());
@@ -324,7 +324,7 @@ impl Bus for KafkaBus {
         let context = GroupContext {
             topic: topic.to_string(),
             shared: shared.clone(),
-            logs: Quiet::default(),
+            logs: Quiet,
         };
         let consumer: StreamConsumer<GroupContext> = self
             .inner
