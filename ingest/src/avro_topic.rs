@@ -42,7 +42,7 @@ struct IngestTopic {
 /// A record as the runner hands it over: decoded with a pinned schema, or framed with a
 /// registry id still to resolve (an async lookup, done in `handle`).
 enum Incoming {
-    Decoded(NotificationRequest),
+    Decoded(Box<NotificationRequest>),
     Written { id: u32, body: Vec<u8> },
 }
 
@@ -56,9 +56,9 @@ impl Handler for IngestTopic {
 
     fn decode(&self, record: &Record) -> Result<Incoming> {
         match self.registry {
-            None => Ok(Incoming::Decoded(
+            None => Ok(Incoming::Decoded(Box::new(
                 tidings_schemas::codec().decode_request(&record.value)?,
-            )),
+            ))),
             Some(_) => {
                 let (id, body) = tidings_schemas::unframe(&record.value)?;
                 Ok(Incoming::Written {
@@ -76,7 +76,7 @@ impl Handler for IngestTopic {
         let ctx = &self.ctx;
         for i in batch.open() {
             let req = match (&batch.entry(i).item, &self.registry) {
-                (Incoming::Decoded(req), _) => req.clone(),
+                (Incoming::Decoded(req), _) => (**req).clone(),
                 (Incoming::Written { id, body }, Some(registry)) => {
                     let writer = registry.schema(*id).await?;
                     tidings_schemas::codec().decode_request_written_with(&writer, body)?
