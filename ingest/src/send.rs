@@ -271,7 +271,7 @@ async fn accept_inner(ctx: &Context, mut req: NotificationRequest) -> Result<Acc
     tidings_core::fail_point("ingest.after_claim");
     let record = OutRecord::new(
         ctx.requests_topic(req.priority),
-        req.tenant_id.as_bytes().to_vec(),
+        request_key(&req),
         tidings_schemas::codec().encode_request(&req),
     );
     if let Err(e) = ctx.bus.append(vec![record]).await {
@@ -328,5 +328,72 @@ pub fn body_of(req: &NotificationRequest) -> SendBody {
         idempotency_key: req.idempotency_key.clone(),
         ttl_seconds: req.ttl_seconds,
         send_at: None,
+    }
+}
+
+/// The partition key of a request. A send to one listed user (the bulk of the traffic) is
+/// keyed by tenant and user, like that user's deliveries: one tenant's sends spread over every
+/// partition, and so over every router, while each user's sends stay in one partition, in
+/// order. A send to several users or to an audience is keyed by tenant, so a tenant's fan-outs
+/// stay in order with each other; it is not ordered against unicasts to the same users (no
+/// single partition holds all its recipients).
+pub fn request_key(req: &NotificationRequest) -> Vec<u8> {
+    let to = &req.to;
+    match to.users.as_slice() {
+        [user] if to.topics.is_empty() && to.tags.is_empty() && !to.broadcast => {
+            tidings_core::bus::user_key(&req.tenant_id, user)
+        }
+        _ => req.tenant_id.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(to: Recipients) -> NotificationRequest {
+        NotificationRequest {
+            message_id: "m".into(),
+            tenant_id: "t1".into(),
+            to,
+            template: None,
+            template_version: None,
+            data: serde_json::json!({}),
+            locale: None,
+            title: None,
+            body: None,
+            priority: Priority::Normal,
+            category: None,
+            channels: vec![Channel::Inapp],
+            idempotency_key: None,
+            ttl_seconds: None,
+            send_at_ms: None,
+            accepted_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn unicasts_are_keyed_by_user_and_fan_outs_by_tenant() {
+        let one = |u: &str| Recipients {
+            users: vec![u.into()],
+            ..Default::default()
+        };
+        assert_eq!(request_key(&request(one("alice"))), b"t1/alice".to_vec());
+        assert_ne!(
+            request_key(&request(one("alice"))),
+            request_key(&request(one("bob"))),
+            "one tenant's unicasts spread"
+        );
+        let two = Recipients {
+            users: vec!["alice".into(), "bob".into()],
+            ..Default::default()
+        };
+        assert_eq!(request_key(&request(two)), b"t1".to_vec());
+        let audience = Recipients {
+            users: vec!["alice".into()],
+            topics: vec!["orders".into()],
+            ..Default::default()
+        };
+        assert_eq!(request_key(&request(audience)), b"t1".to_vec());
     }
 }
