@@ -12,6 +12,8 @@ mkdir -p "$out"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${TIDINGS_CACHE:-$HOME/.cache/tidings}/target}"
 cargo build --release -p tidings -p tidings-benches
 
+# the broker runs with the tests' JVM flags (C1 only): on 2 shared cores the C2 JIT's own
+# work made every figure worse in runs this short (KAFKA_JAVA_FLAGS overrides them)
 dir=$(mktemp -d /tmp/tidings-kafka-bench.XXXXXX)
 trap 'scripts/services/kafka.sh stop "$dir/kafka"; rm -rf "$dir"' EXIT
 eval "$(scripts/services/kafka.sh start "$dir/kafka")"

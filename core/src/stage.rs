@@ -16,8 +16,10 @@
 //!   and the stage moves on (it never restarts on the same batch forever).
 //! - **Offsets**: each record read is tracked in a [`Ledger`] until done; a handler that
 //!   finishes work later (webhook posts, held retries) takes a [`Ticket`] for it. Offsets are
-//!   stored up to the oldest unfinished record of each partition and committed every
-//!   [`COMMIT_EVERY`], when a lane runs dry, and at shutdown.
+//!   stored up to the oldest unfinished record of each partition and committed at most every
+//!   [`COMMIT_EVERY`] per lane (an idle lane with finished work wakes up for it), and at
+//!   shutdown: a commit is a write to the group's offsets (an fsync, a Kafka round trip), so
+//!   it is never paid per record.
 //! - **Rebalances**: when a lane loses partitions, the ledger forgets them (tickets of the lost
 //!   partitions no longer count) and the handler drops what it holds of them
 //!   ([`Handler::revoked`]); their new holder reads them again from the last commit.
@@ -298,6 +300,9 @@ struct LaneState {
     paused: Vec<u32>,
     stored: Vec<(u32, u64)>,
     last_commit: std::time::Instant,
+    /// Records a paused poll returned anyway (a backend may hand over what it had already
+    /// fetched): handled on the next turn, never dropped.
+    backlog: Vec<Record>,
 }
 
 impl LaneState {
@@ -393,6 +398,7 @@ pub async fn run_with<H: Handler>(
             paused: Vec::new(),
             stored: Vec::new(),
             last_commit: std::time::Instant::now(),
+            backlog: Vec::new(),
         })
         .collect();
     let result = turns(&dlq, &mut handler, &mut lanes, &shutdown).await;
@@ -427,11 +433,15 @@ async fn turns<H: Handler>(
         let mut worked = false;
         for i in 0..lanes.len() {
             let max = lanes[i].lane.max;
-            let records = lanes[i].lane.consumer.poll(max, Duration::ZERO).await?;
+            let records = if lanes[i].backlog.is_empty() {
+                lanes[i].lane.consumer.poll(max, Duration::ZERO).await?
+            } else {
+                std::mem::take(&mut lanes[i].backlog)
+            };
             after_poll(dlq, handler, lanes, i, records, &mut worked, shutdown).await?;
         }
         for l in lanes.iter_mut() {
-            l.commit(!worked).await?;
+            l.commit(false).await?;
         }
         if worked {
             continue;
@@ -441,9 +451,11 @@ async fn turns<H: Handler>(
         if let Some(at) = handler.wake_at() {
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
-        if lanes.iter().any(|l| l.ledger.committable() != l.stored) {
-            // finished work to commit soon
-            wait = wait.min(COMMIT_EVERY);
+        for l in lanes.iter() {
+            if l.ledger.committable() != l.stored {
+                // finished work to commit when its period is up
+                wait = wait.min(COMMIT_EVERY.saturating_sub(l.last_commit.elapsed()));
+            }
         }
         let (i, records) = {
             let polls = lanes.iter_mut().enumerate().map(|(i, l)| {
@@ -527,12 +539,13 @@ async fn process<H: Handler>(
                     break;
                 }
                 Err(e) if e.is_retriable() => {
-                    let lane = batch.lane;
                     let revoked = wait_out(handler, lanes, attempt, &e, shutdown).await?;
-                    if !revoked.is_empty() {
-                        batch.drop_partitions(&revoked);
-                        let _ = lane;
-                    }
+                    let ours: Vec<u32> = revoked
+                        .iter()
+                        .filter(|(lane, _)| *lane == batch.lane)
+                        .map(|(_, p)| *p)
+                        .collect();
+                    batch.drop_partitions(&ours);
                     attempt = attempt.saturating_add(1);
                 }
                 Err(e) if batch.len_open() > 1 => {
@@ -576,14 +589,15 @@ async fn process<H: Handler>(
 }
 
 /// Wait out a passing failure: pause every lane and keep polling them (a Kafka member that
-/// stops polling is evicted), then resume. Returns the partitions revoked meanwhile.
+/// stops polling is evicted), then resume. Returns the (lane, partition) pairs revoked
+/// meanwhile.
 async fn wait_out<H: Handler>(
     handler: &mut H,
     lanes: &mut [LaneState],
     attempt: u32,
     e: &Error,
     shutdown: &CancellationToken,
-) -> Result<Vec<u32>> {
+) -> Result<Vec<(usize, u32)>> {
     let delay = RetryPolicy::stage()
         .next_delay(attempt, &mut rand::thread_rng())
         .unwrap_or(Duration::from_secs(5));
@@ -601,12 +615,15 @@ async fn wait_out<H: Handler>(
                 .consumer
                 .poll(1, left.min(Duration::from_millis(100)))
                 .await?;
-            // paused: nothing comes, but rebalances do (and must be followed)
-            debug_assert!(polled.is_empty());
+            // paused: nothing should come, but rebalances do (and must be followed)
+            l.backlog.extend(polled);
             let revoked = l.rebalanced();
             if !revoked.is_empty() {
+                l.backlog.retain(|r| !revoked.contains(&r.partition));
+            }
+            if !revoked.is_empty() {
                 handler.revoked(i, &revoked);
-                revoked_all.extend(revoked);
+                revoked_all.extend(revoked.into_iter().map(|p| (i, p)));
             }
             // newly assigned partitions join the pause
             l.set_paused(true)?;

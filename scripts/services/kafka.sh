@@ -42,7 +42,9 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-JAVA_FLAGS=(-Xms128m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true)
+# tests want a quick start (C1 only, small heap); benchmarks set KAFKA_JAVA_FLAGS for a full JIT
+read -r -a JAVA_FLAGS <<< "${KAFKA_JAVA_FLAGS:--Xms128m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
+JAVA_FLAGS+=(-Djava.awt.headless=true)
 
 start() {
   local dir="$1"; mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
@@ -133,8 +135,9 @@ stop() {
 tool() {
   fetch
   local class="$1"; shift
-  java -Xmx512m -XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile=/dev/null -cp "$LIB/*" \
-    "org.apache.kafka.tools.$class" "$@"
+  local conf="$CACHE/kafka-$VERSION/tools-log4j2.properties"
+  printf 'status = error\nappender.e.type = Console\nappender.e.name = e\nappender.e.target = SYSTEM_ERR\nappender.e.layout.type = PatternLayout\nappender.e.layout.pattern = %%m%%n\nrootLogger.level = error\nrootLogger.appenderRef.e.ref = e\n' > "$conf"
+  java -Xmx512m -Dlog4j2.configurationFile="$conf" -cp "$LIB/*" "org.apache.kafka.tools.$class" "$@"
 }
 
 case "${1:-}" in

@@ -95,6 +95,8 @@ pub struct KafkaBus {
 
 struct Inner {
     base: ClientConfig,
+    /// `bus.kafka_properties`: applied last, so operators can change any default.
+    overrides: std::collections::BTreeMap<String, String>,
     producer: FutureProducer<Quiet>,
     admin: AdminClient<Quiet>,
     /// Longest an append waits for the brokers.
@@ -111,29 +113,32 @@ impl KafkaBus {
         base.set("bootstrap.servers", &config.kafka_brokers)
             .set("client.id", client_id)
             .set_log_level(RDKafkaLogLevel::Warning);
-        for (k, v) in &config.kafka_properties {
-            base.set(k, v);
-        }
+        let overrides = config.kafka_properties.clone();
         let bad = |what: &str, e: KafkaError| {
             Error::invalid("config_invalid", format!("bus.kafka ({what}): {e}"))
         };
-        let producer: FutureProducer<Quiet> = base
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("partitioner", "murmur2_random")
-            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-            .create_with_context(Quiet)
-            .map_err(|e| bad("producer", e))?;
-        let admin: AdminClient<Quiet> = base
+        let producer: FutureProducer<Quiet> = client(
+            &base,
+            &overrides,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("linger.ms", "5"),
+                ("batch.num.messages", "10000"),
+                ("partitioner", "murmur2_random"),
+                ("message.timeout.ms", &config.produce_timeout_ms.to_string()),
+            ],
+        )
+        .create_with_context(Quiet)
+        .map_err(|e| bad("producer", e))?;
+        let admin: AdminClient<Quiet> = client(&base, &overrides, &[])
             .create_with_context(Quiet)
             .map_err(|e| bad("admin", e))?;
         Ok(KafkaBus {
             inner: Arc::new(Inner {
                 base,
+                overrides,
                 producer,
                 admin,
                 produce_timeout: Duration::from_millis(config.produce_timeout_ms),
@@ -147,14 +152,13 @@ impl KafkaBus {
         if let Some(c) = readers.get(group) {
             return Ok(c.clone());
         }
-        let c: BaseConsumer<Quiet> = self
-            .inner
-            .base
-            .clone()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create_with_context(Quiet)
-            .map_err(|e| unavailable("offset reader", e))?;
+        let c: BaseConsumer<Quiet> = client(
+            &self.inner.base,
+            &self.inner.overrides,
+            &[("group.id", group), ("enable.auto.commit", "false")],
+        )
+        .create_with_context(Quiet)
+        .map_err(|e| unavailable("offset reader", e))?;
         let c = Arc::new(c);
         readers.insert(group.to_string(), c.clone());
         Ok(c)
@@ -179,6 +183,22 @@ impl KafkaBus {
         })
         .await
     }
+}
+
+/// A client's settings: the brokers, its own defaults, then the operator's overrides.
+fn client(
+    base: &ClientConfig,
+    overrides: &std::collections::BTreeMap<String, String>,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
+    let mut c = base.clone();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in overrides {
+        c.set(k, v);
+    }
+    c
 }
 
 /// Run a blocking librdkafka call off the async threads.
@@ -326,20 +346,22 @@ impl Bus for KafkaBus {
             shared: shared.clone(),
             logs: Quiet,
         };
-        let consumer: StreamConsumer<GroupContext> = self
-            .inner
-            .base
-            .clone()
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("enable.partition.eof", "false")
-            .create_with_context(context)
-            .map_err(|e| unavailable("consumer", e))?;
+        let consumer: StreamConsumer<GroupContext> = client(
+            &self.inner.base,
+            &self.inner.overrides,
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("enable.partition.eof", "false"),
+            ],
+        )
+        .create_with_context(context)
+        .map_err(|e| unavailable("consumer", e))?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| unavailable("subscribe", e))?;

@@ -232,6 +232,12 @@ impl Handler for Poster {
         self.running.len() >= MAX_IN_FLIGHT
     }
 
+    /// While posts run, look in every commit period: finished ones free room and offsets.
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        (!self.running.is_empty())
+            .then(|| tokio::time::Instant::now() + tidings_core::stage::COMMIT_EVERY)
+    }
+
     async fn tick(&mut self) -> Result<()> {
         while let Some(done) = self.running.try_join_next() {
             self.collect(done)?;
