@@ -44,3 +44,7 @@ pub const BUS_REBALANCES_TOTAL: &str = "tidings_bus_rebalances_total";
 pub const BUS_PRODUCE_ERRORS_TOTAL: &str = "tidings_bus_produce_errors_total";
 /// Records a stage could not use and sent to `dlq`; labels `stage`, `reason` (an error code).
 pub const STAGE_DEAD_LETTERS_TOTAL: &str = "tidings_stage_dead_letters_total";
+/// Records per batch a stage handled; label `stage`.
+pub const STAGE_BATCH_RECORDS: &str = "tidings_stage_batch_records";
+/// Time a stage took to handle one batch, retries included, seconds; label `stage`.
+pub const STAGE_BATCH_SECONDS: &str = "tidings_stage_batch_seconds";

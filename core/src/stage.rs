@@ -28,7 +28,7 @@
 use crate::backoff::RetryPolicy;
 use crate::bus::{Bus, OutRecord};
 use crate::bus::{Consumer, Record};
-use crate::metrics_names::STAGE_DEAD_LETTERS_TOTAL;
+use crate::metrics_names::{STAGE_BATCH_RECORDS, STAGE_BATCH_SECONDS, STAGE_DEAD_LETTERS_TOTAL};
 use crate::{Context, Error, Result};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
@@ -514,7 +514,13 @@ async fn after_poll<H: Handler>(
         entries,
         ledger,
     };
-    process(dlq, handler, lanes, batch, shutdown).await
+    let started = std::time::Instant::now();
+    let stage = handler.name();
+    metrics::histogram!(STAGE_BATCH_RECORDS, "stage" => stage).record(batch.entries.len() as f64);
+    let result = process(dlq, handler, lanes, batch, shutdown).await;
+    metrics::histogram!(STAGE_BATCH_SECONDS, "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// Handle a batch to the end: retry what is retriable, split what fails for good, dead-letter

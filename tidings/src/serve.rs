@@ -15,6 +15,7 @@ use std::time::Duration;
 use tidings_core::config::Config;
 use tidings_core::metrics_names::{
     BUS_CONSUMER_LAG, BUS_QUEUE_DEPTH, DELIVERY_LATENCY_SECONDS, INGEST_ACCEPT_SECONDS,
+    STAGE_BATCH_RECORDS, STAGE_BATCH_SECONDS,
 };
 use tidings_core::model::{Channel, Priority};
 use tidings_core::{template, Context, RETRY_TIERS};
@@ -191,6 +192,13 @@ fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY_SECONDS.into()), &latency)?
         .set_buckets_for_metric(Matcher::Full(INGEST_ACCEPT_SECONDS.into()), &latency)?
+        .set_buckets_for_metric(Matcher::Full(STAGE_BATCH_SECONDS.into()), &latency)?
+        .set_buckets_for_metric(
+            Matcher::Full(STAGE_BATCH_RECORDS.into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        )?
         .install_recorder()
         .context("installing the metrics recorder")
 }
