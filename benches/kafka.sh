@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The pipeline on Kafka against the bare broker, on one broker in one run (docs/benchmarks.md,
 # "On Kafka"): Kafka's own producer and consumer perf tools at the pipeline's record size, then
-# the load generator through `tidings serve` with TIDINGS_BUS=kafka (unicast at 5,000/s and as
-# fast as it goes, and a topic fan-out). Results go to docs/benchmarks/results/kafka-*.
+# the load generator through `tidings serve` with TIDINGS_BUS=kafka (unicast at 1,000/s, at
+# 5,000/s and as fast as it goes, and a topic fan-out). Results go to docs/benchmarks/results/kafka-*.
 #
 #   benches/kafka.sh
 set -euo pipefail
@@ -39,6 +39,7 @@ run() {
   TIDINGS_BUS=kafka TIDINGS_KAFKA_BROKERS="$brokers" TIDINGS_TOPIC_PREFIX="bench$RANDOM" \
     benches/run.sh tidings "$@" 2>&1 | grep -vE '^ +[0-9]+s |^connecting|^draining' >&2
 }
+run "$out/kafka-unicast-1000.json" --scenario unicast --clients 200 --rate 1000 --concurrency 64 --seconds 15 --label kafka
 run "$out/kafka-unicast-5000.json" --scenario unicast --clients 200 --rate 5000 --concurrency 64 --seconds 15 --label kafka
 run "$out/kafka-unicast-max.json" --scenario unicast --clients 200 --rate 0 --concurrency 64 --seconds 15 --drain-seconds 120 --label kafka
 run "$out/kafka-topic-5000.json" --scenario topic --clients 5000 --connect-rate 5000 --messages 5 --interval-ms 1000 --label kafka
