@@ -46,8 +46,14 @@ stop_services() {
 }
 trap stop_services EXIT
 echo "== starting Kafka and a schema registry"
-eval "$(scripts/services/kafka.sh start "$SERVICES/kafka")"
-eval "$(scripts/services/registry.sh start "$SERVICES/registry")"
+# a second try in a fresh dir if the first start fails (its reason is printed above)
+kafka_env="$(scripts/services/kafka.sh start "$SERVICES/kafka")" \
+  || { scripts/services/kafka.sh stop "$SERVICES/kafka"; rm -rf "$SERVICES/kafka";
+       kafka_env="$(scripts/services/kafka.sh start "$SERVICES/kafka")"; } \
+  || { echo "Kafka did not start" >&2; exit 1; }
+registry_env="$(scripts/services/registry.sh start "$SERVICES/registry")" || { echo "the registry did not start" >&2; exit 1; }
+eval "$kafka_env"
+eval "$registry_env"
 export TIDINGS_TEST_KAFKA TIDINGS_TEST_REGISTRY
 echo "Kafka on $TIDINGS_TEST_KAFKA, registry on $TIDINGS_TEST_REGISTRY"
 

@@ -92,8 +92,12 @@ PROPS
   echo "$port" > "$dir/port"
   if [ ! -f "$dir/data/meta.properties" ]; then
     local id; id="$(python3 -c 'import base64,os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')"
-    java "${JAVA_FLAGS[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIB/*" \
-      kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" --standalone >"$dir/format.log" 2>&1
+    if ! java "${JAVA_FLAGS[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIB/*" \
+      kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" --standalone >"$dir/format.log" 2>&1; then
+      echo "kafka.sh: formatting the broker's storage failed:" >&2
+      tail -30 "$dir/format.log" >&2
+      exit 1
+    fi
   fi
   launch "$dir"
   echo "export TIDINGS_TEST_KAFKA=127.0.0.1:$port"
