@@ -206,6 +206,47 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
 
     group_conformance(bus, prefix).await;
     pause_conformance(bus, prefix).await;
+    pause_across_rebalance_conformance(bus, prefix).await;
+}
+
+/// A partition that is revoked while paused comes back unpaused when it is assigned again;
+/// one that stayed stays paused.
+async fn pause_across_rebalance_conformance(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.repause");
+    bus.ensure_topic(&spec(&topic, 2)).await.unwrap();
+    let mut a = bus.consumer("repause", &topic).await.unwrap();
+    let mut read = vec![Vec::new(), Vec::new()];
+    settle(&mut [&mut a], 2, &mut read[..1]).await;
+    a.pause(&[0, 1]).unwrap();
+    let mut b = bus.consumer("repause", &topic).await.unwrap();
+    settle(&mut [&mut a, &mut b], 2, &mut read).await;
+    let kept = a.assignment();
+    assert_eq!(kept.len(), 1);
+    let moved = b.assignment()[0];
+    drop(b);
+    let mut again = vec![Vec::new()];
+    settle(&mut [&mut a], 2, &mut again).await;
+    assert!(again[0].is_empty() && read.iter().all(|r| r.is_empty()));
+    // records on both partitions: only the one that came back is read
+    let recs: Vec<OutRecord> = (0..20u32)
+        .map(|i| {
+            OutRecord::new(
+                &topic,
+                format!("k{i}").into_bytes(),
+                i.to_be_bytes().to_vec(),
+            )
+        })
+        .collect();
+    let pos = bus.append(recs).await.unwrap();
+    let on_moved = pos.iter().filter(|p| p.partition == moved).count();
+    assert!(on_moved > 0 && on_moved < 20);
+    let got = read_n(a.as_mut(), 20, Duration::from_secs(5)).await;
+    assert_eq!(
+        got.len(),
+        on_moved,
+        "the partition that came back is read, the paused one not"
+    );
+    assert!(got.iter().all(|r| r.partition == moved));
 }
 
 /// Two members of a group split the partitions, a commit after a revoke changes nothing, and

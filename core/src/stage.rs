@@ -311,8 +311,13 @@ impl LaneState {
         let Some(rb) = self.lane.consumer.take_rebalance() else {
             return Vec::new();
         };
+        // a partition that comes (back) starts afresh from the group's commit: nothing read
+        // or ticketed before counts for it
         self.ledger.forget(&rb.revoked);
-        self.paused.retain(|p| !rb.revoked.contains(p));
+        self.ledger.forget(&rb.assigned);
+        self.paused
+            .retain(|p| !rb.revoked.contains(p) && !rb.assigned.contains(p));
+        self.backlog.retain(|r| !rb.revoked.contains(&r.partition));
         rb.revoked
     }
 
@@ -341,9 +346,15 @@ impl LaneState {
             self.lane.consumer.store(&offsets)?;
         }
         if (force || self.last_commit.elapsed() >= COMMIT_EVERY) && offsets != self.stored {
-            self.lane.consumer.commit().await?;
-            self.stored = offsets;
             self.last_commit = std::time::Instant::now();
+            match self.lane.consumer.commit().await {
+                Ok(()) => self.stored = offsets,
+                // stays stored; the next period commits it (and a revoke commits it first)
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(topic = self.lane.consumer.topic(), error = %e, "commit failed; trying again");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -551,7 +562,11 @@ async fn process<H: Handler>(
                         .filter(|(lane, _)| *lane == batch.lane)
                         .map(|(_, p)| *p)
                         .collect();
+                    // lost partitions are their new holder's to handle, queued records too
                     batch.drop_partitions(&ours);
+                    for q in queue.iter_mut() {
+                        q.drop_partitions(&ours);
+                    }
                     attempt = attempt.saturating_add(1);
                 }
                 Err(e) if batch.len_open() > 1 => {
@@ -563,14 +578,36 @@ async fn process<H: Handler>(
                     break;
                 }
                 Err(e) => {
-                    let i = batch.open()[0];
+                    let Some(i) = batch.open().first().copied() else {
+                        break;
+                    };
                     let entry = &batch.entries[i];
+                    let (lane, partition) = (batch.lane, entry.record.partition);
                     let mut attempt = 0u32;
+                    let mut lost = false;
                     loop {
                         match handler.failed(&entry.record, &entry.item, &e).await {
                             Ok(()) => break,
                             Err(f) if f.is_retriable() => {
-                                wait_out(handler, lanes, attempt, &f, shutdown).await?;
+                                let revoked =
+                                    wait_out(handler, lanes, attempt, &f, shutdown).await?;
+                                let ours: Vec<u32> = revoked
+                                    .iter()
+                                    .filter(|(l, _)| *l == lane)
+                                    .map(|(_, p)| *p)
+                                    .collect();
+                                for q in queue.iter_mut() {
+                                    q.drop_partitions(&ours);
+                                }
+                                if shutdown.is_cancelled() {
+                                    // read again after the restart
+                                    return Ok(());
+                                }
+                                if ours.contains(&partition) {
+                                    // its new holder handles it
+                                    lost = true;
+                                    break;
+                                }
                                 attempt = attempt.saturating_add(1);
                             }
                             Err(f) => {
@@ -578,6 +615,9 @@ async fn process<H: Handler>(
                                 break;
                             }
                         }
+                    }
+                    if lost {
+                        break;
                     }
                     let record = entry.record.clone();
                     dead_letter(dlq, handler.name(), &record, &e, lanes, shutdown).await?;
@@ -622,11 +662,10 @@ async fn wait_out<H: Handler>(
                 .poll(1, left.min(Duration::from_millis(100)))
                 .await?;
             // paused: nothing should come, but rebalances do (and must be followed)
-            l.backlog.extend(polled);
             let revoked = l.rebalanced();
-            if !revoked.is_empty() {
-                l.backlog.retain(|r| !revoked.contains(&r.partition));
-            }
+            let held = l.lane.consumer.assignment();
+            l.backlog
+                .extend(polled.into_iter().filter(|r| held.contains(&r.partition)));
             if !revoked.is_empty() {
                 handler.revoked(i, &revoked);
                 revoked_all.extend(revoked.into_iter().map(|p| (i, p)));

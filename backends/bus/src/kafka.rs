@@ -500,12 +500,17 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(
         &self,
-        _base: &BaseConsumer<Self>,
+        base: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
                 let assigned = self.ours(tpl);
+                // librdkafka keeps a partition's pause across a revoke and a later assign: a
+                // partition comes back running, and the stage pauses it again if it must
+                if let Err(e) = base.resume(tpl) {
+                    tracing::warn!(topic = %self.topic, error = %e, "resuming assigned partitions failed");
+                }
                 let mut s = self.shared.lock().expect("shared lock");
                 s.assignment.extend(assigned.iter().copied());
                 s.changes
@@ -598,6 +603,10 @@ impl Consumer for KafkaConsumer {
                 None => break,
             }
         }
+        // a revoke served while taking the rest leaves records of partitions no longer held:
+        // their new holder reads them from the last commit
+        let s = self.shared.lock().expect("shared lock");
+        out.retain(|r| s.assignment.contains(&r.partition));
         Ok(out)
     }
 
@@ -666,17 +675,11 @@ impl Consumer for KafkaConsumer {
             if tpl.count() == 0 {
                 return Ok(());
             }
-            match consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => Ok(()),
-                // the partitions moved to another member meanwhile: their new holder goes on
-                Err(KafkaError::ConsumerCommit(
-                    RDKafkaErrorCode::RebalanceInProgress
-                    | RDKafkaErrorCode::IllegalGeneration
-                    | RDKafkaErrorCode::UnknownMemberId
-                    | RDKafkaErrorCode::StaleMemberEpoch,
-                )) => Ok(()),
-                Err(e) => Err(unavailable("commit", e)),
-            }
+            // any failure (a rebalance in progress, the coordinator away) keeps what was
+            // stored: the next commit tries again, and a revoke meanwhile commits it first
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| unavailable("commit", e))
         })
         .await?;
         let mut s = self.shared.lock().expect("shared lock");
