@@ -55,6 +55,19 @@ async fn settle(cs: &mut [&mut Box<dyn Consumer>], partitions: u32, read: &mut [
     }
 }
 
+/// Twenty records with twenty keys, so both partitions of a small topic get some.
+fn twenty_keys(topic: &str) -> Vec<OutRecord> {
+    (0..20u32)
+        .map(|i| {
+            OutRecord::new(
+                topic,
+                format!("k{i}").into_bytes(),
+                i.to_be_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
 fn value_u32(r: &Record) -> u32 {
     u32::from_be_bytes(r.value.clone().try_into().unwrap())
 }
@@ -228,16 +241,7 @@ async fn pause_across_rebalance_conformance(bus: &dyn Bus, prefix: &str) {
     settle(&mut [&mut a], 2, &mut again).await;
     assert!(again[0].is_empty() && read.iter().all(|r| r.is_empty()));
     // records on both partitions: only the one that came back is read
-    let recs: Vec<OutRecord> = (0..20u32)
-        .map(|i| {
-            OutRecord::new(
-                &topic,
-                format!("k{i}").into_bytes(),
-                i.to_be_bytes().to_vec(),
-            )
-        })
-        .collect();
-    let pos = bus.append(recs).await.unwrap();
+    let pos = bus.append(twenty_keys(&topic)).await.unwrap();
     let on_moved = pos.iter().filter(|p| p.partition == moved).count();
     assert!(on_moved > 0 && on_moved < 20);
     let got = read_n(a.as_mut(), 20, Duration::from_secs(5)).await;
@@ -411,16 +415,7 @@ async fn pause_conformance(bus: &dyn Bus, prefix: &str) {
             .is_empty());
         assert!(tokio::time::Instant::now() < deadline, "never assigned");
     }
-    let recs: Vec<OutRecord> = (0..20u32)
-        .map(|i| {
-            OutRecord::new(
-                &topic,
-                format!("k{i}").into_bytes(),
-                i.to_be_bytes().to_vec(),
-            )
-        })
-        .collect();
-    let pos = bus.append(recs).await.unwrap();
+    let pos = bus.append(twenty_keys(&topic)).await.unwrap();
     let on0 = pos.iter().filter(|p| p.partition == 0).count();
     assert!(on0 > 0 && on0 < 20, "both partitions have records");
     c.pause(&[0]).unwrap();
