@@ -4,6 +4,10 @@
 //! - **Durable appends.** [`Bus::append`] returns only once the records would survive a
 //!   `kill -9` of this process (embedded: fsynced; Kafka: acknowledged by the in-sync replicas).
 //! - **Order per key.** Records with the same key land in the same partition, in append order.
+//!   An append's place in that order is fixed when its future is first polled, so a caller may
+//!   start an append, go on, and await it later (the router starts its next batch while the
+//!   last one's deliveries are being acknowledged): what an append first polled later appends
+//!   never lands ahead of it in a partition.
 //! - **Consumer groups split partitions.** The live consumers of one group on one topic share
 //!   its partitions: each partition is held by one of them at a time. When a consumer joins or
 //!   leaves, partitions move; a consumer learns what it gained and lost from
@@ -116,7 +120,8 @@ pub trait Bus: Send + Sync + 'static {
     /// partition count returned.
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<TopicState>;
 
-    /// Append records durably; returns their positions, in the same order.
+    /// Append records durably; returns their positions, in the same order. The records take
+    /// their place in their partitions' order on the first poll (see the module docs).
     async fn append(&self, records: Vec<OutRecord>) -> Result<Vec<Position>>;
 
     /// A new member of consumer group `group` reading `topic`.

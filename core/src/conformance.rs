@@ -217,9 +217,52 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     tokio::join!(waiter, appender);
     drop(g2);
 
+    pipelined_order_conformance(bus, prefix).await;
     group_conformance(bus, prefix).await;
     pause_conformance(bus, prefix).await;
     pause_across_rebalance_conformance(bus, prefix).await;
+}
+
+/// Appends started one after another and awaited together keep their order per key.
+async fn pipelined_order_conformance(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.pipelined");
+    bus.ensure_topic(&spec(&topic, 2)).await.unwrap();
+    let mut started = Vec::new();
+    for batch in 0..20u32 {
+        let recs = (0..50u32)
+            .map(|i| {
+                let v = batch * 50 + i;
+                OutRecord::new(
+                    &topic,
+                    format!("k{}", i % 3).into_bytes(),
+                    v.to_be_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let mut append = bus.append(recs);
+        // the first poll fixes the append's place; it is awaited later, with the others
+        if let std::task::Poll::Ready(r) = futures::poll!(append.as_mut()) {
+            r.unwrap();
+            continue;
+        }
+        started.push(append);
+    }
+    for r in futures::future::join_all(started).await {
+        r.unwrap();
+    }
+    let mut c = bus.consumer("pipelined", &topic).await.unwrap();
+    let got = read_n(c.as_mut(), 1000, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1000);
+    for k in 0..3u32 {
+        let seq: Vec<u32> = got
+            .iter()
+            .filter(|r| r.key == format!("k{k}").into_bytes())
+            .map(value_u32)
+            .collect();
+        let mut sorted = seq.clone();
+        sorted.sort();
+        assert_eq!(seq, sorted, "pipelined appends of key k{k} out of order");
+    }
 }
 
 /// A partition that is revoked while paused comes back unpaused when it is assigned again;

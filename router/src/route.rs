@@ -7,7 +7,10 @@
 
 use futures::future::try_join_all;
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use tidings_core::bus::{OutRecord, Record};
 use tidings_core::metrics_names::{
     DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL,
@@ -133,12 +136,17 @@ impl Source<'_> {
     }
 }
 
+/// An append of deliveries that is under way: its records have their place in their
+/// partitions (see `tidings_core::bus`), the bus has not acknowledged them yet.
+pub type PendingAck = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
 /// Route every request of `requests`; requests that cannot be routed are marked failed and
-/// go to `dlq`.
+/// go to `dlq`. Returns the appends of deliveries still being acknowledged: the batch is done
+/// once they all are.
 pub async fn route_batch(
     ctx: &Context,
     requests: Vec<(&Record, NotificationRequest)>,
-) -> Result<()> {
+) -> Result<Vec<PendingAck>> {
     let mut prepared = Vec::with_capacity(requests.len());
     for (r, req) in requests {
         let kept = req.clone();
@@ -163,7 +171,7 @@ pub async fn route_batch(
         }
     }
     if prepared.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let prepared = Arc::new(prepared);
     let messages: Vec<MessageRecord> = prepared
@@ -184,7 +192,7 @@ pub async fn route_batch(
         })
         .collect();
     // the message records and the first recipients' rows go into the same group commit
-    tokio::try_join!(
+    let ((), acks) = tokio::try_join!(
         ctx.store.put_messages(&messages),
         fan_out(ctx, prepared.clone())
     )?;
@@ -192,7 +200,7 @@ pub async fn route_batch(
         metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
             .increment(1);
     }
-    Ok(())
+    Ok(acks)
 }
 
 /// Pages of recipients being written at once: their writes share group commits, and one
@@ -207,9 +215,11 @@ struct Pages {
     ctx: Context,
     prepared: Arc<Vec<Prepared>>,
     urgent: bool,
-    running: JoinSet<Result<()>>,
+    running: JoinSet<Result<Option<PendingAck>>>,
     /// Users of the pages started since everything in flight last finished.
     users: HashSet<String>,
+    /// The delivery appends of finished pages, not yet acknowledged.
+    acks: Vec<PendingAck>,
 }
 
 /// Past this many users remembered, wait for the pages in flight and start afresh.
@@ -236,7 +246,7 @@ impl Pages {
     async fn wait_below(&mut self, n: usize) -> Result<()> {
         while self.running.len() >= n {
             match self.running.join_next().await {
-                Some(Ok(r)) => r?,
+                Some(Ok(r)) => self.acks.extend(r?),
                 Some(Err(e)) => return Err(Error::internal(format!("a page write failed: {e}"))),
                 None => break,
             }
@@ -246,8 +256,9 @@ impl Pages {
 }
 
 /// Expand every request's recipients page by page, writing and emitting each page as it
-/// fills, up to [`PAGES_IN_FLIGHT`] pages at a time.
-async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
+/// fills, up to [`PAGES_IN_FLIGHT`] pages at a time; returns the appends still being
+/// acknowledged.
+async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<Vec<PendingAck>> {
     let page = ctx.config.router.page_size;
     let mut pending: Vec<(usize, String)> = Vec::new();
     let mut pages = Pages {
@@ -256,6 +267,7 @@ async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
         urgent: tidings_core::hint::is_urgent(),
         running: JoinSet::new(),
         users: HashSet::new(),
+        acks: Vec::new(),
     };
     for (i, p) in prepared.iter().enumerate() {
         let to = &p.req.to;
@@ -290,17 +302,19 @@ async fn fan_out(ctx: &Context, prepared: Arc<Vec<Prepared>>) -> Result<()> {
     if !pending.is_empty() {
         pages.start(pending).await?;
     }
-    pages.wait_below(1).await
+    pages.wait_below(1).await?;
+    Ok(std::mem::take(&mut pages.acks))
 }
 
-/// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries.
+/// Write inbox rows and statuses for `(request, user)` pairs and emit their deliveries:
+/// returns their append once it has its place on the bus, unless it is acknowledged already.
 async fn flush(
     ctx: &Context,
     prepared: &[Prepared],
     mut pairs: Vec<(usize, String)>,
-) -> Result<()> {
+) -> Result<Option<PendingAck>> {
     if pairs.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // the same user twice for one request (listed and subscribed) in a page is one recipient
     pairs.sort();
@@ -407,6 +421,12 @@ async fn flush(
             ));
         }
     }
-    ctx.bus.append(out).await?;
-    Ok(())
+    let bus = ctx.bus.clone();
+    let mut ack: PendingAck = Box::pin(async move { bus.append(out).await.map(|_| ()) });
+    // the first poll gives the deliveries their place (a user's stay in request order);
+    // the acknowledgement is awaited by the router while it routes the next batch
+    match futures::poll!(ack.as_mut()) {
+        Poll::Ready(r) => r.map(|()| None),
+        Poll::Pending => Ok(Some(ack)),
+    }
 }

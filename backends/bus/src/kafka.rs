@@ -101,6 +101,9 @@ struct Inner {
     admin: AdminClient<Quiet>,
     /// Longest an append waits for the brokers.
     produce_timeout: Duration,
+    /// Held while records are handed to librdkafka (fairly, first come first served), so
+    /// appends keep the order of their first poll even when librdkafka's queue is full.
+    enqueue: tokio::sync::Mutex<()>,
     /// Consumers used only to read a group's committed offsets (never subscribed).
     offset_readers: Mutex<HashMap<String, Arc<BaseConsumer<Quiet>>>>,
 }
@@ -142,6 +145,7 @@ impl KafkaBus {
                 producer,
                 admin,
                 produce_timeout: Duration::from_millis(config.produce_timeout_ms),
+                enqueue: tokio::sync::Mutex::new(()),
                 offset_readers: Mutex::new(HashMap::new()),
             }),
         })
@@ -275,6 +279,7 @@ impl Bus for KafkaBus {
 
     async fn append(&self, records: Vec<OutRecord>) -> Result<Vec<Position>> {
         let mut waiting = Vec::with_capacity(records.len());
+        let turn = self.inner.enqueue.lock().await;
         for r in &records {
             let mut record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.value);
             loop {
@@ -297,6 +302,7 @@ impl Bus for KafkaBus {
         }
         let mut out = Vec::with_capacity(waiting.len());
         let mut failed = None;
+        drop(turn);
         // librdkafka expires messages on a coarse timer: hold the caller to the deadline (a
         // record that expires later is reported as failed; at-least-once covers one that made
         // it after all)
