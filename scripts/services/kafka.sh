@@ -5,6 +5,7 @@
 #   scripts/services/kafka.sh fetch          # download the jars (idempotent)
 #   scripts/services/kafka.sh start <dir>    # start in <dir>; prints `export TIDINGS_TEST_KAFKA=...`
 #   scripts/services/kafka.sh stop <dir>     # SIGTERM, wait
+#   scripts/services/kafka.sh launch <dir>   # start a stopped broker again, same ports and data
 #   scripts/services/kafka.sh tool <class> <args...>   # run a kafka-tools class (perf tests, groups)
 #
 # Facts behind the settings (log binding, heap, cleaner buffer, heartbeat): ../shared/SERVICES.md.

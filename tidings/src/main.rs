@@ -1,5 +1,5 @@
 //! The `tidings` binary: `serve` runs every stage in one process; `ingest`, `router`,
-//! `delivery` and `retry` run one stage each; `migrate` creates topics; `schemas` prints the
+//! `delivery` and `retry` run one stage each; `migrate` creates and checks the topics (and registers the ingest schema with a registry); `schemas` prints the
 //! Avro schemas with their ids.
 
 mod http_server;
@@ -41,7 +41,8 @@ enum Command {
     Delivery,
     /// The retry stage (health and metrics only over HTTP).
     Retry,
-    /// Create the bus topics and the store schema (idempotent).
+    /// Create and check the bus topics and the store tables; register the ingest schema with a
+    /// registry (idempotent).
     Migrate,
     /// Print each Avro schema with its id and subject.
     Schemas,
