@@ -298,7 +298,8 @@ struct LaneState {
     ledger: Ledger,
     /// Whether this lane's partitions are paused, and which.
     paused: Vec<u32>,
-    stored: Vec<(u32, u64)>,
+    /// The offsets last committed.
+    committed: Vec<(u32, u64)>,
     last_commit: std::time::Instant,
     /// Records a paused poll returned anyway (a backend may hand over what it had already
     /// fetched): handled on the next turn, never dropped.
@@ -342,13 +343,14 @@ impl LaneState {
     /// Store what is done and commit it if due (or `force`).
     async fn commit(&mut self, force: bool) -> Result<()> {
         let offsets = self.ledger.committable();
-        if offsets != self.stored {
-            self.lane.consumer.store(&offsets)?;
+        if offsets == self.committed {
+            return Ok(());
         }
-        if (force || self.last_commit.elapsed() >= COMMIT_EVERY) && offsets != self.stored {
+        self.lane.consumer.store(&offsets)?;
+        if force || self.last_commit.elapsed() >= COMMIT_EVERY {
             self.last_commit = std::time::Instant::now();
             match self.lane.consumer.commit().await {
-                Ok(()) => self.stored = offsets,
+                Ok(()) => self.committed = offsets,
                 // stays stored; the next period commits it (and a revoke commits it first)
                 Err(e) if e.is_retriable() => {
                     tracing::warn!(topic = self.lane.consumer.topic(), error = %e, "commit failed; trying again");
@@ -407,7 +409,7 @@ pub async fn run_with<H: Handler>(
             lane,
             ledger: Ledger::default(),
             paused: Vec::new(),
-            stored: Vec::new(),
+            committed: Vec::new(),
             last_commit: std::time::Instant::now(),
             backlog: Vec::new(),
         })
@@ -449,7 +451,7 @@ async fn turns<H: Handler>(
             } else {
                 std::mem::take(&mut lanes[i].backlog)
             };
-            after_poll(dlq, handler, lanes, i, records, &mut worked, shutdown).await?;
+            worked |= after_poll(dlq, handler, lanes, i, records, shutdown).await?;
         }
         for l in lanes.iter_mut() {
             l.commit(false).await?;
@@ -463,7 +465,7 @@ async fn turns<H: Handler>(
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
         for l in lanes.iter() {
-            if l.ledger.committable() != l.stored {
+            if l.ledger.committable() != l.committed {
                 // finished work to commit when its period is up
                 wait = wait.min(COMMIT_EVERY.saturating_sub(l.last_commit.elapsed()));
             }
@@ -478,29 +480,26 @@ async fn turns<H: Handler>(
                 ((i, r), _, _) = futures::future::select_all(polls) => (i, r?),
             }
         };
-        let mut worked = false;
-        after_poll(dlq, handler, lanes, i, records, &mut worked, shutdown).await?;
+        after_poll(dlq, handler, lanes, i, records, shutdown).await?;
     }
 }
 
-/// Handle a lane's rebalance and the records it polled.
+/// Handle a lane's rebalance and the records it polled; says whether there were any.
 async fn after_poll<H: Handler>(
     dlq: &DeadLetters,
     handler: &mut H,
     lanes: &mut [LaneState],
     i: usize,
     records: Vec<Record>,
-    worked: &mut bool,
     shutdown: &CancellationToken,
-) -> Result<()> {
+) -> Result<bool> {
     let revoked = lanes[i].rebalanced();
     if !revoked.is_empty() {
         handler.revoked(i, &revoked);
     }
     if records.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    *worked = true;
     let ledger = lanes[i].ledger.clone();
     let mut entries = Vec::with_capacity(records.len());
     for r in records {
@@ -518,7 +517,7 @@ async fn after_poll<H: Handler>(
         }
     }
     if entries.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let batch = Batch {
         lane: i,
@@ -531,7 +530,7 @@ async fn after_poll<H: Handler>(
     let result = process(dlq, handler, lanes, batch, shutdown).await;
     metrics::histogram!(STAGE_BATCH_SECONDS, "stage" => stage)
         .record(started.elapsed().as_secs_f64());
-    result
+    result.map(|()| true)
 }
 
 /// Handle a batch to the end: retry what is retriable, split what fails for good, dead-letter
