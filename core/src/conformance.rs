@@ -4,7 +4,7 @@
 
 use crate::bus::{Bus, Consumer, OutRecord, Record, TopicSpec};
 use crate::model::*;
-use crate::store::{Claim, NewInboxRow, Store};
+use crate::store::{AudiencePost, Claim, NewInboxRow, Store};
 use std::time::Duration;
 
 fn spec(name: &str, partitions: u32) -> TopicSpec {
@@ -1063,6 +1063,265 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert!(!store.dlq_remove(&t2, "d0", 0).await.unwrap());
 
     store.ready().await.unwrap();
+    audience_conformance(store, prefix).await;
+}
+
+/// Every audience guarantee of [`crate::store`], each in a tenant of its own.
+pub async fn audience_conformance(store: &dyn Store, prefix: &str) {
+    membership_at_send_time(store, &format!("{prefix}-a1")).await;
+    merged_order_and_paging(store, &format!("{prefix}-a2")).await;
+    resume_across_own_and_audience(store, &format!("{prefix}-a3")).await;
+    sparse_read_and_delete(store, &format!("{prefix}-a4")).await;
+    read_all_is_one_mark(store, &format!("{prefix}-a5")).await;
+}
+
+async fn post(
+    store: &dyn Store,
+    t: &str,
+    id: &str,
+    audiences: Vec<Audience>,
+    listed: &[&str],
+) -> crate::store::Posted {
+    store
+        .post_audience(&AudiencePost {
+            tenant_id: t.into(),
+            audiences,
+            listed: listed.iter().map(|u| u.to_string()).collect(),
+            item: item(id, id),
+        })
+        .await
+        .unwrap()
+}
+
+async fn own(store: &dyn Store, t: &str, user: &str, id: &str) -> u64 {
+    store
+        .append_inbox(&[NewInboxRow {
+            tenant_id: t.into(),
+            user_id: user.into(),
+            item: item(id, id),
+        }])
+        .await
+        .unwrap()[0]
+        .seq
+}
+
+async fn page(store: &dyn Store, t: &str, user: &str) -> Vec<String> {
+    let items = store.inbox_page(t, user, None, 100).await.unwrap();
+    items.into_iter().map(|i| i.message_id).collect()
+}
+
+fn topic(n: &str) -> Audience {
+    Audience::Topic(n.into())
+}
+
+/// Recipients are the members when the message is posted: a user who joins later does not see
+/// it, one who leaves later keeps it; the whole tenant is every known user; tags follow the
+/// profile; posting is idempotent; the summary counts members at posting time.
+async fn membership_at_send_time(store: &dyn Store, t: &str) {
+    store.subscribe(t, "news", "early").await.unwrap();
+    store.subscribe(t, "news", "leaver").await.unwrap();
+    let first = post(store, t, "m1", vec![topic("news")], &[]).await;
+    assert!(first.fresh);
+    let again = post(store, t, "m1", vec![topic("news")], &[]).await;
+    assert_eq!(
+        (again.seq, again.fresh),
+        (first.seq, false),
+        "posting is idempotent"
+    );
+    store.subscribe(t, "news", "late").await.unwrap();
+    assert!(store.unsubscribe(t, "news", "leaver").await.unwrap());
+    post(store, t, "m2", vec![topic("news")], &[]).await;
+    assert_eq!(page(store, t, "early").await, vec!["m2", "m1"]);
+    assert_eq!(page(store, t, "late").await, vec!["m2"], "joined after m1");
+    assert_eq!(page(store, t, "leaver").await, vec!["m1"], "left before m2");
+    assert_eq!(store.inbox_seq(t, "late", "m1").await.unwrap(), None);
+    assert_eq!(
+        store.inbox_seq(t, "leaver", "m1").await.unwrap(),
+        Some(first.seq)
+    );
+    // rejoining sees what is posted from then on, not what was missed
+    store.subscribe(t, "news", "leaver").await.unwrap();
+    post(store, t, "m3", vec![topic("news")], &[]).await;
+    assert_eq!(page(store, t, "leaver").await, vec!["m3", "m1"]);
+
+    let s = store.audience_message(t, "m1").await.unwrap().unwrap();
+    assert_eq!(
+        (s.seq, s.recipients, s.delivered, s.read),
+        (first.seq, 2, 0, 0)
+    );
+    assert_eq!(s.audiences, vec![topic("news")]);
+    assert!(store.audience_message(t, "nope").await.unwrap().is_none());
+
+    // the whole tenant: every user known when it is posted
+    store.touch_users(t, &["known".into()]).await.unwrap();
+    post(store, t, "all", vec![Audience::Everyone], &[]).await;
+    store.touch_users(t, &["newcomer".into()]).await.unwrap();
+    assert_eq!(page(store, t, "known").await, vec!["all"]);
+    assert!(page(store, t, "newcomer").await.is_empty());
+    assert_eq!(page(store, t, "early").await, vec!["all", "m3", "m2", "m1"]);
+
+    // tags follow the profile
+    let tagged = UserProfile {
+        tags: vec!["vip".into()],
+        ..Default::default()
+    };
+    store.upsert_user(t, "v", &tagged).await.unwrap();
+    post(store, t, "g1", vec![Audience::Tag("vip".into())], &[]).await;
+    store
+        .upsert_user(t, "v", &UserProfile::default())
+        .await
+        .unwrap();
+    post(store, t, "g2", vec![Audience::Tag("vip".into())], &[]).await;
+    assert_eq!(page(store, t, "v").await, vec!["g1"]);
+    let m = store.memberships(t, "early").await.unwrap();
+    let audiences: Vec<&Audience> = m.iter().map(|m| &m.audience).collect();
+    assert_eq!(audiences, vec![&Audience::Everyone, &topic("news")]);
+    assert!(store
+        .memberships(t, "v")
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.audience == Audience::Everyone));
+    // another tenant sees nothing of it
+    let other = format!("{t}-other");
+    store.subscribe(&other, "news", "early").await.unwrap();
+    assert!(page(store, &other, "early").await.is_empty());
+    assert!(store
+        .audience_message(&other, "m1")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Own rows and audience messages merge newest first by one sequence, each message once (a
+/// listed user who is also a member, a member of two of its audiences), paged by cursor
+/// without gaps or repeats.
+async fn merged_order_and_paging(store: &dyn Store, t: &str) {
+    for topic_name in ["a", "b"] {
+        store.subscribe(t, topic_name, "u").await.unwrap();
+    }
+    let mut want = Vec::new();
+    for i in 0..30 {
+        let id = format!("x{i:02}");
+        match i % 3 {
+            0 => {
+                own(store, t, "u", &id).await;
+            }
+            1 => {
+                post(store, t, &id, vec![topic("a"), topic("b")], &[]).await;
+            }
+            _ => {
+                post(store, t, &id, vec![topic("b")], &["u"]).await;
+            }
+        }
+        want.push(id);
+    }
+    want.reverse();
+    let mut got = Vec::new();
+    let mut before = None;
+    loop {
+        let items = store.inbox_page(t, "u", before, 7).await.unwrap();
+        let Some(last) = items.last() else { break };
+        assert!(
+            items.windows(2).all(|w| w[0].seq > w[1].seq),
+            "newest first"
+        );
+        before = Some(last.seq);
+        got.extend(items.into_iter().map(|i| i.message_id));
+    }
+    assert_eq!(got, want, "every message once, in order, across pages");
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 30);
+}
+
+/// Resume reads oldest first after a sequence across own rows and audiences, each once.
+async fn resume_across_own_and_audience(store: &dyn Store, t: &str) {
+    store.subscribe(t, "a", "u").await.unwrap();
+    let s1 = own(store, t, "u", "o1").await;
+    post(store, t, "p1", vec![topic("a")], &[]).await;
+    own(store, t, "u", "o2").await;
+    post(store, t, "p2", vec![topic("a")], &["u"]).await;
+    let after = store.inbox_after(t, "u", s1, false, 100).await.unwrap();
+    assert_eq!(ids(&after), vec!["p1", "o2", "p2"]);
+    let seq = store.inbox_seq(t, "u", "p1").await.unwrap().unwrap();
+    let after = store.inbox_after(t, "u", seq, false, 1).await.unwrap();
+    assert_eq!(ids(&after), vec!["o2"], "limit holds");
+    let all = store.inbox_after(t, "u", 0, true, 100).await.unwrap();
+    assert_eq!(ids(&all), vec!["o1", "p1", "o2", "p2"]);
+}
+
+/// Read, ack and delete of an audience message are stored for the user who acts only, move
+/// forward only, keep the unread count right, and are counted on the message.
+async fn sparse_read_and_delete(store: &dyn Store, t: &str) {
+    for u in ["u", "w"] {
+        store.subscribe(t, "a", u).await.unwrap();
+    }
+    for id in ["p1", "p2", "p3"] {
+        post(store, t, id, vec![topic("a")], &[]).await;
+    }
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 3);
+    let changed = store
+        .settle_inapp(
+            t,
+            "u",
+            &["p1".into(), "nope".into()],
+            InboxStatus::Delivered,
+            DeliveryState::Delivered,
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, vec!["p1"]);
+    let changed = store
+        .set_inbox_status(t, "u", &["p1".into(), "p2".into()], InboxStatus::Read)
+        .await
+        .unwrap();
+    assert_eq!(changed, vec!["p1", "p2"]);
+    let back = store
+        .set_inbox_status(t, "u", &["p1".into()], InboxStatus::Delivered)
+        .await
+        .unwrap();
+    assert!(back.is_empty(), "status never moves back");
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 1);
+    assert_eq!(
+        store.unread_count(t, "w").await.unwrap(),
+        3,
+        "w did nothing"
+    );
+    store
+        .set_inbox_status(t, "u", &["p3".into()], InboxStatus::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(page(store, t, "u").await, vec!["p2", "p1"]);
+    assert_eq!(page(store, t, "w").await, vec!["p3", "p2", "p1"]);
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 0);
+    let items = store.inbox_page(t, "u", None, 10).await.unwrap();
+    assert!(items.iter().all(|i| i.status == InboxStatus::Read));
+    let s = store.audience_message(t, "p1").await.unwrap().unwrap();
+    assert_eq!((s.recipients, s.delivered, s.read), (2, 1, 1));
+    let statuses = store.delivery_status(t, "p1").await.unwrap();
+    assert_eq!(statuses.len(), 1, "one entry: the user who acted");
+    // a user who never saw a message cannot mark it
+    assert!(store
+        .set_inbox_status(t, "stranger", &["p1".into()], InboxStatus::Read)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// "Read all" marks every own row and every audience message posted so far read, not the
+/// ones posted after it.
+async fn read_all_is_one_mark(store: &dyn Store, t: &str) {
+    store.subscribe(t, "a", "u").await.unwrap();
+    for i in 0..5 {
+        post(store, t, &format!("p{i}"), vec![topic("a")], &[]).await;
+    }
+    own(store, t, "u", "o1").await;
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 6);
+    assert_eq!(store.mark_all_read(t, "u").await.unwrap(), 6);
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 0);
+    post(store, t, "later", vec![topic("a")], &[]).await;
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 1);
+    let unread = store.inbox_after(t, "u", 0, true, 100).await.unwrap();
+    assert_eq!(ids(&unread), vec!["later"]);
 }
 
 fn ids(items: &[InboxItem]) -> Vec<&str> {

@@ -464,3 +464,68 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn new_message_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+/// A group of a tenant's users a message can go to as a whole: written once, read by each
+/// member (see `store`, "Audiences").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Audience {
+    /// The subscribers of a topic.
+    Topic(String),
+    /// The users carrying a tag.
+    Tag(String),
+    /// Every known user of the tenant.
+    Everyone,
+}
+
+impl Audience {
+    /// The audiences a request names (topics, then tags, then the whole tenant).
+    pub fn of(to: &Recipients) -> Vec<Audience> {
+        let mut v: Vec<Audience> = to.topics.iter().cloned().map(Audience::Topic).collect();
+        v.extend(to.tags.iter().cloned().map(Audience::Tag));
+        if to.broadcast {
+            v.push(Audience::Everyone);
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// `topic`, `tag` or `broadcast`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Audience::Topic(_) => "topic",
+            Audience::Tag(_) => "tag",
+            Audience::Everyone => "broadcast",
+        }
+    }
+
+    /// The topic or tag; empty for the whole tenant.
+    pub fn name(&self) -> &str {
+        match self {
+            Audience::Topic(n) | Audience::Tag(n) => n,
+            Audience::Everyone => "",
+        }
+    }
+
+    /// A compact key, unique per audience of a tenant: `t:<topic>`, `g:<tag>`, `*`.
+    pub fn key(&self) -> String {
+        match self {
+            Audience::Topic(n) => format!("t:{n}"),
+            Audience::Tag(n) => format!("g:{n}"),
+            Audience::Everyone => "*".to_string(),
+        }
+    }
+
+    /// The audience of a [`Audience::key`].
+    pub fn from_key(key: &str) -> Option<Audience> {
+        if key == "*" {
+            return Some(Audience::Everyone);
+        }
+        let (kind, name) = key.split_once(':')?;
+        match kind {
+            "t" => Some(Audience::Topic(name.to_string())),
+            "g" => Some(Audience::Tag(name.to_string())),
+            _ => None,
+        }
+    }
+}

@@ -3,11 +3,20 @@
 //!
 //! What every backend guarantees:
 //! - **Durable writes.** A call returns only once what it wrote survives a `kill -9`.
+//! - **Audiences are written once.** A message to topics, tags or the whole tenant is one
+//!   timeline entry per audience ([`Store::post_audience`]), not one row per recipient. Who
+//!   sees it is decided by membership history: a user sees an audience message if they were a
+//!   member when it was posted (a user who joins later does not see it, one who leaves later
+//!   keeps it). Reads, acks and deletes of audience messages are stored only for the users who
+//!   act, and "read all" is one write per user (a read watermark).
+//! - **One order per user.** A user's own rows and the audience messages they see share one
+//!   sequence space: every inbox method merges them by sequence, each message once.
 //! - **Idempotent inbox.** [`Store::append_inbox`] writes at most one row per
 //!   `(tenant, user, message_id)`; a repeated append returns the existing row's sequence with
 //!   `fresh == false`, so at-least-once upstream never shows a user a message twice.
-//! - **Growing sequences.** Each new inbox row of a user gets a sequence greater than every
-//!   earlier row of that user. Resume reads by sequence ([`Store::inbox_after`]).
+//! - **Growing sequences.** Each new inbox row of a user, and each audience message posted
+//!   after it, gets a sequence greater than every earlier one the user can see. Resume reads by
+//!   sequence ([`Store::inbox_after`]).
 //! - **Forward-only status.** An inbox row moves unread → delivered → read; deleted hides it.
 //!   Setting an earlier status is a no-op.
 //! - **Tenant isolation.** Every key starts with the tenant id; no call crosses tenants.
@@ -32,6 +41,50 @@ pub struct AppendedRow {
     /// False when the row already existed (a redelivered request).
     pub fresh: bool,
 }
+
+/// A message written once for its audiences, for [`Store::post_audience`].
+#[derive(Debug, Clone)]
+pub struct AudiencePost {
+    pub tenant_id: String,
+    /// Topics, tags and/or the whole tenant; their members at posting time see it.
+    pub audiences: Vec<Audience>,
+    /// Users the request listed by name: they get rows of their own, at the message's sequence.
+    pub listed: Vec<String>,
+    /// The content; `seq` and `status` are assigned by the store.
+    pub item: InboxItem,
+}
+
+/// Where an audience message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posted {
+    /// The message's sequence, shared by every member and listed user.
+    pub seq: u64,
+    /// False when it was posted before (a redelivered request): nothing was written.
+    pub fresh: bool,
+}
+
+/// What the store knows of an audience message, for `GET /v1/messages/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudienceSummary {
+    pub audiences: Vec<Audience>,
+    pub seq: u64,
+    /// Members of each audience when it was posted, summed, plus the listed users (a user in
+    /// two of its audiences is counted in each).
+    pub recipients: u64,
+    /// Users who acked or read it by id (a "read all" is not counted per message).
+    pub delivered: u64,
+    pub read: u64,
+}
+
+/// One audience a user is in now, and the first sequence they see in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub audience: Audience,
+    pub since_seq: u64,
+}
+
+/// Unread counts stop here: past it a client shows "999+".
+pub const UNREAD_CAP: u64 = 999;
 
 /// An edit of a stored tenant, for [`Store::modify_tenant`].
 pub type TenantChange = Box<dyn FnOnce(&mut Tenant) -> Result<()> + Send>;
@@ -139,13 +192,26 @@ pub trait Store: Send + Sync + 'static {
     /// Undo a claim whose request could not be accepted; a confirmed binding stays.
     async fn release_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
 
+    // audiences
+    /// Write a message once for its audiences (and rows of their own for its listed users), at
+    /// one new sequence; idempotent by message id.
+    async fn post_audience(&self, post: &AudiencePost) -> Result<Posted>;
+    /// The audiences and counts of an audience message; `None` for a personal one.
+    async fn audience_message(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<Option<AudienceSummary>>;
+    /// The audiences the user is in now (every known user is in [`Audience::Everyone`]).
+    async fn memberships(&self, tenant: &str, user: &str) -> Result<Vec<Membership>>;
+
     // messages and inboxes
     /// Write messages (idempotent by id).
     async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()>;
     async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>>;
     /// Append inbox rows, one per (tenant, user, message id); results in input order.
     async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>>;
-    /// Newest first, visible rows with `seq < before` (all when `None`).
+    /// Newest first, visible rows and audience messages with `seq < before` (all when `None`).
     async fn inbox_page(
         &self,
         tenant: &str,
@@ -162,8 +228,9 @@ pub trait Store: Send + Sync + 'static {
         unread_only: bool,
         limit: usize,
     ) -> Result<Vec<InboxItem>>;
-    /// The sequence of a message in the user's inbox.
+    /// The sequence of a message in the user's inbox (own row or audience message they see).
     async fn inbox_seq(&self, tenant: &str, user: &str, message_id: &str) -> Result<Option<u64>>;
+    /// Unread own rows and audience messages, at most [`UNREAD_CAP`] of the latter.
     async fn unread_count(&self, tenant: &str, user: &str) -> Result<u64>;
     /// Move rows forward to `status`; returns the ids that changed. Unknown ids are skipped.
     async fn set_inbox_status(
@@ -192,7 +259,8 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(changed)
     }
-    /// Mark every unread row read; returns how many changed.
+    /// Mark every unread row read, and every audience message posted so far (one write);
+    /// returns how many changed (audience messages counted up to [`UNREAD_CAP`]).
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64>;
 
     // delivery status

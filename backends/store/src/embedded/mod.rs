@@ -1,5 +1,9 @@
 //! The embedded store: one redb file, one table per kind of row, every key led by the tenant
 //! id. Writes go through the engine's group commit (fsync before the call returns).
+//!
+//! [`audience`] holds the audience tables and the merged inbox view.
+
+mod audience;
 
 use async_trait::async_trait;
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -7,7 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 use tidings_core::model::*;
-use tidings_core::store::{AppendedRow, Claim, NewInboxRow, Page, Store, TenantChange};
+use tidings_core::store::{
+    AppendedRow, AudiencePost, AudienceSummary, Claim, Membership, NewInboxRow, Page, Posted,
+    Store, TenantChange,
+};
 use tidings_core::{Error, Result};
 use tidings_embedded::{storage_err, Engine};
 
@@ -28,6 +35,7 @@ const INBOX: TableDefinition<'static, (&'static str, &'static str, u64), &'stati
     TableDefinition::new("inbox");
 const INBOX_INDEX: TableDefinition<'static, (&'static str, &'static str, &'static str), u64> =
     TableDefinition::new("inbox_index");
+/// Per-user sequences of layout 1, read once when the store moves to one counter.
 const USER_SEQ: TableDefinition<'static, (&'static str, &'static str), u64> =
     TableDefinition::new("user_seq");
 const UNREAD: TableDefinition<'static, (&'static str, &'static str), u64> =
@@ -142,7 +150,7 @@ impl EmbeddedStore {
             txn.open_table(USER_SEQ).map_err(storage_err)?;
             txn.open_table(UNREAD).map_err(storage_err)?;
             txn.open_table(STATUS).map_err(storage_err)?;
-            Ok(())
+            audience::init(txn)
         })?;
         Ok(EmbeddedStore { engine })
     }
@@ -219,6 +227,7 @@ fn set_inbox_status_in(
     let idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
     let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
     let mut changed = Vec::new();
+    let mut others = Vec::new();
     let mut unread_delta: i64 = 0;
     for id in ids {
         let Some(seq) = idx
@@ -226,6 +235,7 @@ fn set_inbox_status_in(
             .map_err(storage_err)?
             .map(|v| v.value())
         else {
+            others.push(id);
             continue;
         };
         let Some(raw) = inbox
@@ -248,9 +258,12 @@ fn set_inbox_status_in(
             .map_err(storage_err)?;
         changed.push(id.clone());
     }
+    drop((idx, inbox));
     if unread_delta != 0 {
         add_unread(txn, tenant, user, unread_delta)?;
     }
+    // ids without an own row: audience messages the user may see
+    changed.extend(audience::set_status(txn, tenant, user, &others, status)?);
     Ok(changed)
 }
 
@@ -266,15 +279,15 @@ fn add_unread(txn: &WriteTransaction, tenant: &str, user: &str, delta: i64) -> R
     Ok(())
 }
 
-fn touch_in(
-    users: &mut Table<'_, (&'static str, &'static str), &'static [u8]>,
-    tenant: &str,
-    user: &str,
-) -> Result<()> {
+/// Make the user known (a member of the whole tenant from now on) unless they are.
+fn touch_in(txn: &WriteTransaction, tenant: &str, user: &str) -> Result<()> {
+    let mut users = txn.open_table(USERS).map_err(storage_err)?;
     if users.get((tenant, user)).map_err(storage_err)?.is_none() {
         users
             .insert((tenant, user), b"{}".as_slice())
             .map_err(storage_err)?;
+        drop(users);
+        audience::join(txn, tenant, user, "*")?;
     }
     Ok(())
 }
@@ -367,28 +380,30 @@ impl Store for EmbeddedStore {
         let (tenant, user, profile) = (tenant.to_string(), user.to_string(), profile.clone());
         self.engine
             .write(move |txn| {
+                let (t, u) = (tenant.as_str(), user.as_str());
+                touch_in(txn, t, u)?;
                 let mut users = txn.open_table(USERS).map_err(storage_err)?;
-                let old: UserProfile = match users
-                    .get((tenant.as_str(), user.as_str()))
-                    .map_err(storage_err)?
-                {
+                let old: UserProfile = match users.get((t, u)).map_err(storage_err)? {
                     Some(v) => from_json(v.value())?,
                     None => UserProfile::default(),
                 };
                 users
-                    .insert(
-                        (tenant.as_str(), user.as_str()),
-                        to_json(&profile)?.as_slice(),
-                    )
+                    .insert((t, u), to_json(&profile)?.as_slice())
                     .map_err(storage_err)?;
+                drop(users);
                 let mut tags = txn.open_table(TAGS).map_err(storage_err)?;
-                for tag in &old.tags {
-                    tags.remove((tenant.as_str(), tag.as_str(), user.as_str()))
-                        .map_err(storage_err)?;
+                for tag in old.tags.iter().filter(|g| !profile.tags.contains(g)) {
+                    tags.remove((t, tag.as_str(), u)).map_err(storage_err)?;
                 }
                 for tag in &profile.tags {
-                    tags.insert((tenant.as_str(), tag.as_str(), user.as_str()), 1)
-                        .map_err(storage_err)?;
+                    tags.insert((t, tag.as_str(), u), 1).map_err(storage_err)?;
+                }
+                drop(tags);
+                for tag in old.tags.iter().filter(|g| !profile.tags.contains(g)) {
+                    audience::leave(txn, t, u, &format!("g:{tag}"))?;
+                }
+                for tag in &profile.tags {
+                    audience::join(txn, t, u, &format!("g:{tag}"))?;
                 }
                 Ok(())
             })
@@ -418,9 +433,8 @@ impl Store for EmbeddedStore {
         let tenant = tenant.to_string();
         self.engine
             .write(move |txn| {
-                let mut t = txn.open_table(USERS).map_err(storage_err)?;
                 for u in &missing {
-                    touch_in(&mut t, &tenant, u)?;
+                    touch_in(txn, &tenant, u)?;
                 }
                 Ok(())
             })
@@ -472,8 +486,10 @@ impl Store for EmbeddedStore {
                 let mut us = txn.open_table(USER_SUBS).map_err(storage_err)?;
                 us.insert((tenant.as_str(), user.as_str(), topic.as_str()), 1)
                     .map_err(storage_err)?;
-                let mut users = txn.open_table(USERS).map_err(storage_err)?;
-                touch_in(&mut users, &tenant, &user)
+                drop((s, us));
+                touch_in(txn, &tenant, &user)?;
+                audience::join(txn, &tenant, &user, &format!("t:{topic}"))?;
+                Ok(())
             })
             .await
     }
@@ -490,6 +506,10 @@ impl Store for EmbeddedStore {
                 let mut us = txn.open_table(USER_SUBS).map_err(storage_err)?;
                 us.remove((tenant.as_str(), user.as_str(), topic.as_str()))
                     .map_err(storage_err)?;
+                drop((s, us));
+                if was {
+                    audience::leave(txn, &tenant, &user, &format!("t:{topic}"))?;
+                }
                 Ok(was)
             })
             .await
@@ -679,12 +699,18 @@ impl Store for EmbeddedStore {
         let rows = rows.to_vec();
         self.engine
             .write(move |txn| {
+                let mut out = Vec::with_capacity(rows.len());
+                let mut new_users = Vec::new();
+                // one counter for every user (and audience): take this batch's run at once
+                let mut meta = txn.open_table(audience::META).map_err(storage_err)?;
+                let mut seq = meta
+                    .get("seq")
+                    .map_err(storage_err)?
+                    .map_or(0, |v| v.value());
                 let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
                 let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
-                let mut seqs = txn.open_table(USER_SEQ).map_err(storage_err)?;
                 let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
-                let mut users = txn.open_table(USERS).map_err(storage_err)?;
-                let mut out = Vec::with_capacity(rows.len());
+                let users = txn.open_table(USERS).map_err(storage_err)?;
                 for row in &rows {
                     let (t, u, id) = (
                         row.tenant_id.as_str(),
@@ -696,13 +722,7 @@ impl Store for EmbeddedStore {
                         out.push(AppendedRow { seq, fresh: false });
                         continue;
                     }
-                    let seq = seqs
-                        .get((t, u))
-                        .map_err(storage_err)?
-                        .map(|v| v.value())
-                        .unwrap_or(0)
-                        + 1;
-                    seqs.insert((t, u), seq).map_err(storage_err)?;
+                    seq += 1;
                     let mut item = row.item.clone();
                     item.seq = seq;
                     item.status = InboxStatus::Unread;
@@ -716,8 +736,15 @@ impl Store for EmbeddedStore {
                         .map(|v| v.value())
                         .unwrap_or(0);
                     unread.insert((t, u), n + 1).map_err(storage_err)?;
-                    touch_in(&mut users, t, u)?;
+                    if users.get((t, u)).map_err(storage_err)?.is_none() {
+                        new_users.push((t, u));
+                    }
                     out.push(AppendedRow { seq, fresh: true });
+                }
+                meta.insert("seq", seq).map_err(storage_err)?;
+                drop((meta, idx, inbox, unread, users));
+                for (t, u) in new_users {
+                    touch_in(txn, t, u)?;
                 }
                 Ok(out)
             })
@@ -732,25 +759,14 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<InboxItem>> {
         let r = self.engine.read()?;
-        let t = r.open_table(INBOX).map_err(storage_err)?;
-        let end = before.unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        for row in t
-            .range((tenant, user, 0)..(tenant, user, end))
-            .map_err(storage_err)?
-            .rev()
-        {
-            let (_, v) = row.map_err(storage_err)?;
-            let item: InboxItem = from_json(v.value())?;
-            if item.status == InboxStatus::Deleted {
-                continue;
-            }
-            out.push(item);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        let scan = audience::Scan {
+            above: 0,
+            below: before.unwrap_or(u64::MAX),
+            newest_first: true,
+            unread_only: false,
+            limit,
+        };
+        audience::scan(&r, tenant, user, scan)
     }
 
     async fn inbox_after(
@@ -762,40 +778,33 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<InboxItem>> {
         let r = self.engine.read()?;
-        let t = r.open_table(INBOX).map_err(storage_err)?;
-        let mut out = Vec::new();
-        if after == u64::MAX {
-            return Ok(out);
-        }
-        for row in t
-            .range((tenant, user, after + 1)..=(tenant, user, u64::MAX))
-            .map_err(storage_err)?
-        {
-            let (_, v) = row.map_err(storage_err)?;
-            let item: InboxItem = from_json(v.value())?;
-            if item.status == InboxStatus::Deleted || (unread_only && !item.status.is_unread()) {
-                continue;
-            }
-            out.push(item);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        let scan = audience::Scan {
+            above: after,
+            below: u64::MAX,
+            newest_first: false,
+            unread_only,
+            limit,
+        };
+        audience::scan(&r, tenant, user, scan)
     }
 
     async fn inbox_seq(&self, tenant: &str, user: &str, message_id: &str) -> Result<Option<u64>> {
         let r = self.engine.read()?;
         let t = r.open_table(INBOX_INDEX).map_err(storage_err)?;
-        let v = t.get((tenant, user, message_id)).map_err(storage_err)?;
-        Ok(v.map(|v| v.value()))
+        if let Some(v) = t.get((tenant, user, message_id)).map_err(storage_err)? {
+            return Ok(Some(v.value()));
+        }
+        audience::seq_of(&r, tenant, user, message_id)
     }
 
     async fn unread_count(&self, tenant: &str, user: &str) -> Result<u64> {
         let r = self.engine.read()?;
         let t = r.open_table(UNREAD).map_err(storage_err)?;
-        let v = t.get((tenant, user)).map_err(storage_err)?;
-        Ok(v.map(|v| v.value()).unwrap_or(0))
+        let own = t
+            .get((tenant, user))
+            .map_err(storage_err)?
+            .map_or(0, |v| v.value());
+        Ok(own + audience::unread(&r, tenant, user)?)
     }
 
     async fn set_inbox_status(
@@ -812,21 +821,52 @@ impl Store for EmbeddedStore {
     }
 
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64> {
-        let ids: Vec<String> = {
+        // own rows one by one (their statuses are per row), audience messages by one read mark
+        let (ids, shared): (Vec<String>, u64) = {
+            let r = self.engine.read()?;
+            let idx = r.open_table(INBOX).map_err(storage_err)?;
             let mut ids = Vec::new();
-            let mut after = 0;
-            loop {
-                let page = self.inbox_after(tenant, user, after, true, 1000).await?;
-                let Some(last) = page.last() else { break };
-                after = last.seq;
-                ids.extend(page.into_iter().map(|i| i.message_id));
+            for row in idx
+                .range((tenant, user, 0)..=(tenant, user, u64::MAX))
+                .map_err(storage_err)?
+            {
+                let (_, v) = row.map_err(storage_err)?;
+                let item: InboxItem = from_json(v.value())?;
+                if item.status.is_unread() {
+                    ids.push(item.message_id);
+                }
             }
-            ids
+            (ids, audience::unread(&r, tenant, user)?)
         };
-        let changed = self
-            .set_inbox_status(tenant, user, &ids, InboxStatus::Read)
+        let (tenant, user) = (tenant.to_string(), user.to_string());
+        let own = self
+            .engine
+            .write(move |txn| {
+                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, InboxStatus::Read)?;
+                audience::read_all(txn, &tenant, &user)?;
+                Ok(changed.len() as u64)
+            })
             .await?;
-        Ok(changed.len() as u64)
+        Ok(own + shared)
+    }
+
+    async fn post_audience(&self, post: &AudiencePost) -> Result<Posted> {
+        let post = post.clone();
+        self.engine
+            .write(move |txn| audience::post(txn, &post))
+            .await
+    }
+
+    async fn audience_message(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<Option<AudienceSummary>> {
+        audience::summary(&self.engine.read()?, tenant, message_id)
+    }
+
+    async fn memberships(&self, tenant: &str, user: &str) -> Result<Vec<Membership>> {
+        audience::memberships(&self.engine.read()?, tenant, user)
     }
 
     async fn put_delivery_status(
@@ -966,6 +1006,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
         tidings_core::conformance::store_conformance(&store, "c").await;
+    }
+
+    /// A store written before audiences (per-user sequences, no membership history) moves to
+    /// one counter above every old sequence, and its subscribers and users are members.
+    #[tokio::test]
+    async fn an_older_layout_is_brought_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        store.subscribe("t", "news", "u").await.unwrap();
+        store
+            .engine
+            .write(|txn| {
+                // as layout 1 left it: a per-user sequence, no members, no counter
+                let mut seqs = txn.open_table(USER_SEQ).map_err(storage_err)?;
+                seqs.insert(("t", "u"), 41).map_err(storage_err)?;
+                let mut m = txn.open_table(audience::MEMBERS).map_err(storage_err)?;
+                m.remove(("t", "u", "t:news")).map_err(storage_err)?;
+                m.remove(("t", "u", "*")).map_err(storage_err)?;
+                let mut meta = txn.open_table(audience::META).map_err(storage_err)?;
+                meta.remove("layout").map_err(storage_err)?;
+                meta.remove("seq").map_err(storage_err)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.engine.write(audience::init).await.unwrap();
+        let row = NewInboxRow {
+            tenant_id: "t".into(),
+            user_id: "u".into(),
+            item: InboxItem {
+                message_id: "m".into(),
+                seq: 0,
+                title: String::new(),
+                body: String::new(),
+                data: serde_json::Value::Null,
+                priority: Priority::Normal,
+                category: None,
+                status: InboxStatus::Unread,
+                created_at_ms: 0,
+            },
+        };
+        assert_eq!(store.append_inbox(&[row]).await.unwrap()[0].seq, 42);
+        let m = store.memberships("t", "u").await.unwrap();
+        assert_eq!(m.len(), 2, "member of the tenant and the topic: {m:?}");
     }
 
     fn tpl(title: &str) -> Template {

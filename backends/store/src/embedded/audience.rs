@@ -1,0 +1,609 @@
+//! Audiences in the embedded store: messages written once per audience, membership history,
+//! and the merged view of a user's inbox (own rows and the audience messages they see).
+//!
+//! Tables (every key led by the tenant):
+//! - `meta`: the store-wide sequence counter (`seq`) and the layout version (`layout`)
+//! - `timeline`: `(tenant, audience key, seq)` to the message as an inbox item
+//! - `audience_messages`: `(tenant, message id)` to its sequence, audiences and recipients
+//! - `audience_counts`: `(tenant, message id)` to `[delivered, read]`
+//! - `members`: `(tenant, user, audience key)` to the intervals `[from, to)` of sequences the
+//!   user sees in that audience (`to` is `u64::MAX` while a member)
+//! - `audience_size`: `(tenant, audience key)` to its member count now
+//! - `marks`: `(tenant, user, seq)` to the status a user gave an audience message (sparse)
+//! - `read_mark`: `(tenant, user)` to the sequence up to which every audience message is read
+//!
+//! One counter orders everything: own rows and audience messages take their sequence from it
+//! inside the writer's transaction, so sequences grow in commit order and a reader resuming
+//! after one never misses a later commit with a smaller one.
+
+use super::{from_json, inbox_rank, to_json, touch_in, INBOX, INBOX_INDEX, UNREAD, USERS};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::BTreeSet;
+use tidings_core::model::{Audience, InboxItem, InboxStatus};
+use tidings_core::store::{AudiencePost, AudienceSummary, Membership, Posted, UNREAD_CAP};
+use tidings_core::Result;
+use tidings_embedded::storage_err;
+
+type Key2 = (&'static str, &'static str);
+type Key3 = (&'static str, &'static str, &'static str);
+type KeySeq = (&'static str, &'static str, u64);
+
+pub(super) const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
+pub(super) const TIMELINE: TableDefinition<'static, KeySeq, &'static [u8]> =
+    TableDefinition::new("timeline");
+pub(super) const AUD_MSG: TableDefinition<'static, Key2, &'static [u8]> =
+    TableDefinition::new("audience_messages");
+pub(super) const AUD_COUNTS: TableDefinition<'static, Key2, &'static [u8]> =
+    TableDefinition::new("audience_counts");
+pub(super) const MEMBERS: TableDefinition<'static, Key3, &'static [u8]> =
+    TableDefinition::new("members");
+pub(super) const AUD_SIZE: TableDefinition<'static, Key2, u64> =
+    TableDefinition::new("audience_size");
+pub(super) const MARKS: TableDefinition<'static, KeySeq, u8> = TableDefinition::new("marks");
+pub(super) const READ_MARK: TableDefinition<'static, Key2, u64> = TableDefinition::new("read_mark");
+
+/// Membership intervals kept per (user, audience); a user who joins and leaves more often
+/// than this loses sight of the messages of their oldest intervals.
+const INTERVALS_KEPT: usize = 64;
+/// The layout this code writes: 2 added audiences (1: one row per recipient).
+const LAYOUT: u64 = 2;
+
+/// What `audience_messages` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AudMsg {
+    seq: u64,
+    audiences: Vec<String>,
+    recipients: u64,
+}
+
+/// Create the tables, and bring a store written by an earlier version to this layout: the
+/// counter starts after every per-user sequence, and existing subscribers, tag holders and
+/// users are members from the start.
+pub(super) fn init(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(TIMELINE).map_err(storage_err)?;
+    txn.open_table(AUD_MSG).map_err(storage_err)?;
+    txn.open_table(AUD_COUNTS).map_err(storage_err)?;
+    txn.open_table(MEMBERS).map_err(storage_err)?;
+    txn.open_table(AUD_SIZE).map_err(storage_err)?;
+    txn.open_table(MARKS).map_err(storage_err)?;
+    txn.open_table(READ_MARK).map_err(storage_err)?;
+    let layout = {
+        let meta = txn.open_table(META).map_err(storage_err)?;
+        let v = meta.get("layout").map_err(storage_err)?.map(|v| v.value());
+        v
+    };
+    if layout.is_some_and(|l| l >= LAYOUT) {
+        return Ok(());
+    }
+    let mut top = 0u64;
+    {
+        let seqs = txn.open_table(super::USER_SEQ).map_err(storage_err)?;
+        for row in seqs.iter().map_err(storage_err)? {
+            let (_, v) = row.map_err(storage_err)?;
+            top = top.max(v.value());
+        }
+    }
+    let mut joins: Vec<(String, String, String)> = Vec::new();
+    for (def, prefix) in [(super::SUBS, "t:"), (super::TAGS, "g:")] {
+        let t = txn.open_table(def).map_err(storage_err)?;
+        for row in t.iter().map_err(storage_err)? {
+            let (k, _) = row.map_err(storage_err)?;
+            let (tenant, name, user) = k.value();
+            joins.push((tenant.into(), user.into(), format!("{prefix}{name}")));
+        }
+    }
+    {
+        let users = txn.open_table(USERS).map_err(storage_err)?;
+        for row in users.iter().map_err(storage_err)? {
+            let (k, _) = row.map_err(storage_err)?;
+            let (tenant, user) = k.value();
+            joins.push((tenant.into(), user.into(), "*".into()));
+        }
+    }
+    let mut meta = txn.open_table(META).map_err(storage_err)?;
+    let counter = meta
+        .get("seq")
+        .map_err(storage_err)?
+        .map_or(0, |v| v.value());
+    meta.insert("seq", counter.max(top)).map_err(storage_err)?;
+    meta.insert("layout", LAYOUT).map_err(storage_err)?;
+    drop(meta);
+    for (t, u, key) in &joins {
+        join_at(txn, t, u, key, 0)?;
+    }
+    Ok(())
+}
+
+/// The last sequence given out.
+fn counter(txn: &WriteTransaction) -> Result<u64> {
+    let meta = txn.open_table(META).map_err(storage_err)?;
+    let v = meta
+        .get("seq")
+        .map_err(storage_err)?
+        .map_or(0, |v| v.value());
+    Ok(v)
+}
+
+/// A new sequence, greater than every one given out before.
+pub(super) fn next_seq(txn: &WriteTransaction) -> Result<u64> {
+    let mut meta = txn.open_table(META).map_err(storage_err)?;
+    let next = meta
+        .get("seq")
+        .map_err(storage_err)?
+        .map_or(0, |v| v.value())
+        + 1;
+    meta.insert("seq", next).map_err(storage_err)?;
+    Ok(next)
+}
+
+fn intervals(raw: Option<&[u8]>) -> Result<Vec<[u64; 2]>> {
+    raw.map(from_json)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// Make the user a member of `key` from the next sequence on; false if they were one.
+pub(super) fn join(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
+    let from = counter(txn)? + 1;
+    join_at(txn, t, u, key, from)
+}
+
+fn join_at(txn: &WriteTransaction, t: &str, u: &str, key: &str, from: u64) -> Result<bool> {
+    let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
+    let raw = m
+        .get((t, u, key))
+        .map_err(storage_err)?
+        .map(|v| v.value().to_vec());
+    let mut iv = intervals(raw.as_deref())?;
+    if iv.last().is_some_and(|i| i[1] == u64::MAX) {
+        return Ok(false);
+    }
+    iv.push([from, u64::MAX]);
+    if iv.len() > INTERVALS_KEPT {
+        iv.remove(0);
+    }
+    m.insert((t, u, key), to_json(&iv)?.as_slice())
+        .map_err(storage_err)?;
+    drop(m);
+    add_size(txn, t, key, 1)?;
+    Ok(true)
+}
+
+/// End the user's membership of `key`: messages posted from now on are not theirs; false if
+/// they were not a member.
+pub(super) fn leave(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
+    let to = counter(txn)? + 1;
+    let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
+    let raw = m
+        .get((t, u, key))
+        .map_err(storage_err)?
+        .map(|v| v.value().to_vec());
+    let mut iv = intervals(raw.as_deref())?;
+    match iv.last_mut() {
+        Some(last) if last[1] == u64::MAX => last[1] = to,
+        _ => return Ok(false),
+    }
+    // an interval that saw nothing is dropped
+    iv.retain(|i| i[0] < i[1]);
+    m.insert((t, u, key), to_json(&iv)?.as_slice())
+        .map_err(storage_err)?;
+    drop(m);
+    add_size(txn, t, key, -1)?;
+    Ok(true)
+}
+
+fn add_size(txn: &WriteTransaction, t: &str, key: &str, delta: i64) -> Result<()> {
+    let mut s = txn.open_table(AUD_SIZE).map_err(storage_err)?;
+    let cur = s
+        .get((t, key))
+        .map_err(storage_err)?
+        .map_or(0, |v| v.value());
+    s.insert((t, key), (cur as i64 + delta).max(0) as u64)
+        .map_err(storage_err)?;
+    Ok(())
+}
+
+/// Write an audience message once (see [`tidings_core::store::Store::post_audience`]).
+pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
+    let (t, id) = (p.tenant_id.as_str(), p.item.message_id.as_str());
+    {
+        let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
+        let known = am
+            .get((t, id))
+            .map_err(storage_err)?
+            .map(|v| from_json::<AudMsg>(v.value()))
+            .transpose()?;
+        if let Some(m) = known {
+            return Ok(Posted {
+                seq: m.seq,
+                fresh: false,
+            });
+        }
+    }
+    let seq = next_seq(txn)?;
+    let mut item = p.item.clone();
+    item.seq = seq;
+    item.status = InboxStatus::Unread;
+    let raw = to_json(&item)?;
+    let keys: Vec<String> = p.audiences.iter().map(Audience::key).collect();
+    let mut recipients = 0;
+    {
+        let mut tl = txn.open_table(TIMELINE).map_err(storage_err)?;
+        let sizes = txn.open_table(AUD_SIZE).map_err(storage_err)?;
+        for key in &keys {
+            tl.insert((t, key.as_str(), seq), raw.as_slice())
+                .map_err(storage_err)?;
+            recipients += sizes
+                .get((t, key.as_str()))
+                .map_err(storage_err)?
+                .map_or(0, |v| v.value());
+        }
+    }
+    let mut listed: Vec<&String> = p.listed.iter().collect();
+    listed.sort();
+    listed.dedup();
+    for u in listed {
+        let fresh = {
+            let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
+            if idx.get((t, u.as_str(), id)).map_err(storage_err)?.is_some() {
+                false
+            } else {
+                idx.insert((t, u.as_str(), id), seq).map_err(storage_err)?;
+                let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
+                inbox
+                    .insert((t, u.as_str(), seq), raw.as_slice())
+                    .map_err(storage_err)?;
+                let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
+                let n = unread
+                    .get((t, u.as_str()))
+                    .map_err(storage_err)?
+                    .map_or(0, |v| v.value());
+                unread.insert((t, u.as_str()), n + 1).map_err(storage_err)?;
+                true
+            }
+        };
+        if fresh {
+            recipients += 1;
+            touch_in(txn, t, u)?;
+        }
+    }
+    let mut am = txn.open_table(AUD_MSG).map_err(storage_err)?;
+    let m = AudMsg {
+        seq,
+        audiences: keys,
+        recipients,
+    };
+    am.insert((t, id), to_json(&m)?.as_slice())
+        .map_err(storage_err)?;
+    Ok(Posted { seq, fresh: true })
+}
+
+/// The audience message `id` as the user sees it: its sequence, if they were a member of one
+/// of its audiences when it was posted.
+fn visible(
+    am: &impl ReadableTable<Key2, &'static [u8]>,
+    members: &impl ReadableTable<Key3, &'static [u8]>,
+    t: &str,
+    u: &str,
+    id: &str,
+) -> Result<Option<(u64, Vec<String>)>> {
+    let Some(v) = am.get((t, id)).map_err(storage_err)? else {
+        return Ok(None);
+    };
+    let m: AudMsg = from_json(v.value())?;
+    for key in &m.audiences {
+        let iv = intervals(
+            members
+                .get((t, u, key.as_str()))
+                .map_err(storage_err)?
+                .map(|v| v.value().to_vec())
+                .as_deref(),
+        )?;
+        if iv.iter().any(|i| i[0] <= m.seq && m.seq < i[1]) {
+            return Ok(Some((m.seq, m.audiences)));
+        }
+    }
+    Ok(None)
+}
+
+/// The sequence of audience message `id` in the user's inbox, if they see it.
+pub(super) fn seq_of(r: &ReadTransaction, t: &str, u: &str, id: &str) -> Result<Option<u64>> {
+    let am = r.open_table(AUD_MSG).map_err(storage_err)?;
+    let members = r.open_table(MEMBERS).map_err(storage_err)?;
+    Ok(visible(&am, &members, t, u, id)?.map(|(s, _)| s))
+}
+
+/// The status of the audience message at `seq` for a user: their mark, or read below their
+/// read mark, or unread.
+fn status_of(mark: Option<u8>, seq: u64, read_mark: u64) -> InboxStatus {
+    let marked = match mark {
+        Some(1) => InboxStatus::Delivered,
+        Some(2) => InboxStatus::Read,
+        Some(3) => InboxStatus::Deleted,
+        _ => InboxStatus::Unread,
+    };
+    if seq <= read_mark && marked < InboxStatus::Read {
+        InboxStatus::Read
+    } else {
+        marked
+    }
+}
+
+/// Move audience messages (ids that are not own rows) forward to `status` for one user;
+/// returns the ids that changed.
+pub(super) fn set_status(
+    txn: &WriteTransaction,
+    t: &str,
+    u: &str,
+    ids: &[&String],
+    status: InboxStatus,
+) -> Result<Vec<String>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let read_mark = {
+        let rm = txn.open_table(READ_MARK).map_err(storage_err)?;
+        let v = rm
+            .get((t, u))
+            .map_err(storage_err)?
+            .map_or(0, |v| v.value());
+        v
+    };
+    let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
+    let members = txn.open_table(MEMBERS).map_err(storage_err)?;
+    let mut marks = txn.open_table(MARKS).map_err(storage_err)?;
+    let mut counts = txn.open_table(AUD_COUNTS).map_err(storage_err)?;
+    let mut changed = Vec::new();
+    for id in ids {
+        let Some((seq, _)) = visible(&am, &members, t, u, id)? else {
+            continue;
+        };
+        let mark = marks
+            .get((t, u, seq))
+            .map_err(storage_err)?
+            .map(|v| v.value());
+        let before = status_of(mark, seq, read_mark);
+        if inbox_rank(status) <= inbox_rank(before) {
+            continue;
+        }
+        marks
+            .insert((t, u, seq), inbox_rank(status))
+            .map_err(storage_err)?;
+        if status != InboxStatus::Deleted {
+            let mut c: [u64; 2] = counts
+                .get((t, id.as_str()))
+                .map_err(storage_err)?
+                .map(|v| from_json(v.value()))
+                .transpose()?
+                .unwrap_or_default();
+            if before == InboxStatus::Unread {
+                c[0] += 1;
+            }
+            if status == InboxStatus::Read {
+                c[1] += 1;
+            }
+            counts
+                .insert((t, id.as_str()), to_json(&c)?.as_slice())
+                .map_err(storage_err)?;
+        }
+        changed.push(id.to_string());
+    }
+    Ok(changed)
+}
+
+/// Set the user's read mark to everything posted so far (one write).
+pub(super) fn read_all(txn: &WriteTransaction, t: &str, u: &str) -> Result<()> {
+    let now = counter(txn)?;
+    let mut rm = txn.open_table(READ_MARK).map_err(storage_err)?;
+    rm.insert((t, u), now).map_err(storage_err)?;
+    Ok(())
+}
+
+/// The audiences of a message and its counts.
+pub(super) fn summary(r: &ReadTransaction, t: &str, id: &str) -> Result<Option<AudienceSummary>> {
+    let am = r.open_table(AUD_MSG).map_err(storage_err)?;
+    let Some(v) = am.get((t, id)).map_err(storage_err)? else {
+        return Ok(None);
+    };
+    let m: AudMsg = from_json(v.value())?;
+    let counts = r.open_table(AUD_COUNTS).map_err(storage_err)?;
+    let c: [u64; 2] = counts
+        .get((t, id))
+        .map_err(storage_err)?
+        .map(|v| from_json(v.value()))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(Some(AudienceSummary {
+        audiences: m
+            .audiences
+            .iter()
+            .filter_map(|k| Audience::from_key(k))
+            .collect(),
+        seq: m.seq,
+        recipients: m.recipients,
+        delivered: c[0],
+        read: c[1],
+    }))
+}
+
+/// Every audience the user has been in, with the intervals they see.
+fn history(r: &ReadTransaction, t: &str, u: &str) -> Result<Vec<(String, Vec<[u64; 2]>)>> {
+    let m = r.open_table(MEMBERS).map_err(storage_err)?;
+    let mut out = Vec::new();
+    for row in m.range((t, u, "")..).map_err(storage_err)? {
+        let (k, v) = row.map_err(storage_err)?;
+        let (kt, ku, key) = k.value();
+        if kt != t || ku != u {
+            break;
+        }
+        out.push((key.to_string(), intervals(Some(v.value()))?));
+    }
+    Ok(out)
+}
+
+/// The audiences the user is in now.
+pub(super) fn memberships(r: &ReadTransaction, t: &str, u: &str) -> Result<Vec<Membership>> {
+    Ok(history(r, t, u)?
+        .into_iter()
+        .filter_map(|(key, iv)| {
+            let last = iv.last()?;
+            (last[1] == u64::MAX).then_some(())?;
+            Some(Membership {
+                audience: Audience::from_key(&key)?,
+                since_seq: last[0],
+            })
+        })
+        .collect())
+}
+
+/// What part of a user's merged inbox to read.
+pub(super) struct Scan {
+    /// Sequences strictly between these.
+    pub above: u64,
+    pub below: u64,
+    pub newest_first: bool,
+    pub unread_only: bool,
+    pub limit: usize,
+}
+
+type Range = redb::Range<'static, KeySeq, &'static [u8]>;
+
+/// Read the user's own rows and the audience messages they see, merged by sequence, each
+/// once (an own row wins over the audience copy of the same message), deleted ones skipped.
+pub(super) fn scan(r: &ReadTransaction, t: &str, u: &str, s: Scan) -> Result<Vec<InboxItem>> {
+    let mut out = Vec::new();
+    if s.above == u64::MAX || s.above + 1 >= s.below || s.limit == 0 {
+        return Ok(out);
+    }
+    let (lo, hi) = (s.above + 1, s.below);
+    let inbox = r.open_table(INBOX).map_err(storage_err)?;
+    let tl = r.open_table(TIMELINE).map_err(storage_err)?;
+    let marks = r.open_table(MARKS).map_err(storage_err)?;
+    let read_mark = {
+        let rm = r.open_table(READ_MARK).map_err(storage_err)?;
+        let v = rm
+            .get((t, u))
+            .map_err(storage_err)?
+            .map_or(0, |v| v.value());
+        v
+    };
+    // (range, own)
+    let mut sources: Vec<(Range, bool)> = vec![(
+        inbox.range((t, u, lo)..(t, u, hi)).map_err(storage_err)?,
+        true,
+    )];
+    for (key, iv) in history(r, t, u)? {
+        for i in iv {
+            let (a, b) = (lo.max(i[0]), hi.min(i[1]));
+            if a < b {
+                sources.push((
+                    tl.range((t, key.as_str(), a)..(t, key.as_str(), b))
+                        .map_err(storage_err)?,
+                    false,
+                ));
+            }
+        }
+    }
+    let step = |r: &mut Range| -> Result<Option<(u64, Vec<u8>)>> {
+        let next = if s.newest_first {
+            r.next_back()
+        } else {
+            r.next()
+        };
+        next.transpose()
+            .map_err(storage_err)
+            .map(|o| o.map(|(k, v)| (k.value().2, v.value().to_vec())))
+    };
+    let mut heads: Vec<Option<(u64, Vec<u8>)>> = Vec::with_capacity(sources.len());
+    for (range, _) in sources.iter_mut() {
+        heads.push(step(range)?);
+    }
+    loop {
+        let best = heads.iter().flatten().map(|(seq, _)| *seq).reduce(|a, b| {
+            if s.newest_first {
+                a.max(b)
+            } else {
+                a.min(b)
+            }
+        });
+        let Some(seq) = best else { break };
+        // take every head at this sequence (one message in several audiences), own first
+        let mut taken: Option<(Vec<u8>, bool)> = None;
+        for (i, head) in heads.iter_mut().enumerate() {
+            if head.as_ref().is_some_and(|(q, _)| *q == seq) {
+                let (_, raw) = head.take().expect("checked");
+                let own = sources[i].1;
+                if taken.as_ref().is_none_or(|(_, o)| own && !*o) {
+                    taken = Some((raw, own));
+                }
+                *head = step(&mut sources[i].0)?;
+            }
+        }
+        let Some((raw, own)) = taken else { break };
+        let mut item: InboxItem = from_json(&raw)?;
+        if !own {
+            let mark = marks
+                .get((t, u, seq))
+                .map_err(storage_err)?
+                .map(|v| v.value());
+            item.status = status_of(mark, seq, read_mark);
+        }
+        if item.status == InboxStatus::Deleted || (s.unread_only && !item.status.is_unread()) {
+            continue;
+        }
+        out.push(item);
+        if out.len() >= s.limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Unread audience messages the user sees (not counting own rows), up to [`UNREAD_CAP`].
+pub(super) fn unread(r: &ReadTransaction, t: &str, u: &str) -> Result<u64> {
+    let read_mark = {
+        let rm = r.open_table(READ_MARK).map_err(storage_err)?;
+        let v = rm
+            .get((t, u))
+            .map_err(storage_err)?
+            .map_or(0, |v| v.value());
+        v
+    };
+    let tl = r.open_table(TIMELINE).map_err(storage_err)?;
+    let marks = r.open_table(MARKS).map_err(storage_err)?;
+    let inbox = r.open_table(INBOX).map_err(storage_err)?;
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    for (key, iv) in history(r, t, u)? {
+        for i in iv.iter().rev() {
+            let from = i[0].max(read_mark.saturating_add(1));
+            if from >= i[1] {
+                continue;
+            }
+            for row in tl
+                .range((t, key.as_str(), from)..(t, key.as_str(), i[1]))
+                .map_err(storage_err)?
+                .rev()
+            {
+                let (k, _) = row.map_err(storage_err)?;
+                let seq = k.value().2;
+                if seen.contains(&seq) {
+                    continue;
+                }
+                let mark = marks
+                    .get((t, u, seq))
+                    .map_err(storage_err)?
+                    .map(|v| v.value());
+                if !status_of(mark, seq, read_mark).is_unread()
+                    || inbox.get((t, u, seq)).map_err(storage_err)?.is_some()
+                {
+                    continue;
+                }
+                seen.insert(seq);
+                if seen.len() as u64 >= UNREAD_CAP {
+                    return Ok(UNREAD_CAP);
+                }
+            }
+        }
+    }
+    Ok(seen.len() as u64)
+}
