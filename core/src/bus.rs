@@ -86,6 +86,16 @@ pub struct TopicState {
     pub partitions: u32,
 }
 
+/// Where a group starts reading a partition it never committed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest record kept: work queues, where every record must be handled.
+    Earliest,
+    /// Records appended after the consumer got the partition: live feeds a new reader has no
+    /// use for the past of (a new delivery node and the audience pushes).
+    Latest,
+}
+
 /// Partitions a consumer gained and lost, in the order the backend reported them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rebalance {
@@ -124,8 +134,20 @@ pub trait Bus: Send + Sync + 'static {
     /// their place in their partitions' order on the first poll (see the module docs).
     async fn append(&self, records: Vec<OutRecord>) -> Result<Vec<Position>>;
 
-    /// A new member of consumer group `group` reading `topic`.
-    async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>>;
+    /// A new member of consumer group `group` reading `topic`; a partition the group never
+    /// committed on is read from `start`.
+    async fn consumer_from(
+        &self,
+        group: &str,
+        topic: &str,
+        start: Start,
+    ) -> Result<Box<dyn Consumer>>;
+
+    /// A new member of consumer group `group` reading `topic`, from the oldest record where the
+    /// group never committed.
+    async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {
+        self.consumer_from(group, topic, Start::Earliest).await
+    }
 
     /// Records of `topic` not yet committed by `group` (its lag), for the lag gauges.
     async fn lag(&self, group: &str, topic: &str) -> Result<u64>;

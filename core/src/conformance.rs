@@ -2,7 +2,7 @@
 //! `cargo test`, the distributed ones against real servers. Each takes fresh names (`prefix`)
 //! so suites can share a server. They panic on the first broken guarantee.
 
-use crate::bus::{Bus, Consumer, OutRecord, Record, TopicSpec};
+use crate::bus::{Bus, Consumer, OutRecord, Record, Start, TopicSpec};
 use crate::model::*;
 use crate::store::{AudiencePost, Claim, NewInboxRow, Store};
 use std::time::Duration;
@@ -221,6 +221,54 @@ pub async fn bus_conformance(bus: &dyn Bus, prefix: &str) {
     group_conformance(bus, prefix).await;
     pause_conformance(bus, prefix).await;
     pause_across_rebalance_conformance(bus, prefix).await;
+    start_latest_conformance(bus, prefix).await;
+}
+
+/// A group that never committed reads from the end with [`Start::Latest`] (what was appended
+/// before it held a partition is skipped), and from its commits once it has some.
+async fn start_latest_conformance(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.latest");
+    bus.ensure_topic(&spec(&topic, 2)).await.unwrap();
+    let rec = |i: u32| {
+        OutRecord::new(
+            &topic,
+            format!("k{i}").into_bytes(),
+            i.to_be_bytes().to_vec(),
+        )
+    };
+    bus.append((0..6).map(rec).collect()).await.unwrap();
+    let mut c = bus
+        .consumer_from("late-reader", &topic, Start::Latest)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.assignment().len() < 2 && tokio::time::Instant::now() < deadline {
+        assert!(
+            c.poll(10, Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing from before it held the partitions"
+        );
+    }
+    assert_eq!(c.assignment().len(), 2);
+    bus.append((6..10).map(rec).collect()).await.unwrap();
+    let got = read_n(c.as_mut(), 4, Duration::from_secs(20)).await;
+    let mut values: Vec<u32> = got
+        .iter()
+        .map(|r| u32::from_be_bytes(r.value[..4].try_into().unwrap()))
+        .collect();
+    values.sort();
+    assert_eq!(values, vec![6, 7, 8, 9]);
+    c.commit_records(&got).await.unwrap();
+    drop(c);
+    bus.append((10..12).map(rec).collect()).await.unwrap();
+    let mut again = bus
+        .consumer_from("late-reader", &topic, Start::Latest)
+        .await
+        .unwrap();
+    let got = read_n(again.as_mut(), 2, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 2, "a group with commits resumes from them");
 }
 
 /// Appends started one after another and awaited together keep their order per key.

@@ -96,6 +96,12 @@ impl Context {
         self.config.topic("dlq")
     }
 
+    /// `<prefix>.audience`: audience pushes and membership changes, read whole by every
+    /// delivery node (each in a group of its own), keyed by tenant.
+    pub fn audience_topic(&self) -> String {
+        self.config.topic("audience")
+    }
+
     /// Record where delivery `d` stands (its user and channel), stamped now.
     pub async fn set_status(
         &self,
@@ -153,6 +159,7 @@ impl Context {
         t.extend(RETRY_TIERS.iter().map(|tier| self.retry_topic(tier)));
         t.push(self.events_topic());
         t.push(self.dlq_topic());
+        t.push(self.audience_topic());
         t.push(self.config.topic("ingest"));
         t
     }

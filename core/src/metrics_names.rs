@@ -9,12 +9,16 @@ pub const INGEST_ACCEPT_SECONDS: &str = "tidings_ingest_accept_seconds";
 pub const ROUTER_REQUESTS_TOTAL: &str = "tidings_router_requests_total";
 /// Deliveries the router emitted; label `channel`.
 pub const ROUTER_DELIVERIES_TOTAL: &str = "tidings_router_deliveries_total";
+/// Messages the router wrote once for their audiences (topics, tags, broadcast).
+pub const ROUTER_AUDIENCE_POSTS_TOTAL: &str = "tidings_router_audience_posts_total";
 /// Requests the router dead-lettered (render failed, tenant gone).
 pub const ROUTER_DEAD_TOTAL: &str = "tidings_router_dead_total";
 /// Deliveries attempted; labels `channel`, `outcome` (pushed, offline, delivered, retry, dead).
 pub const DELIVERY_ATTEMPTS_TOTAL: &str = "tidings_delivery_attempts_total";
 /// Ingest acceptance to push (or external success); labels `priority`, `channel`.
 pub const DELIVERY_LATENCY_SECONDS: &str = "tidings_delivery_latency_seconds";
+/// Connections an audience message was pushed to on this node.
+pub const DELIVERY_AUDIENCE_PUSHES_TOTAL: &str = "tidings_delivery_audience_pushes_total";
 /// Open WebSocket connections on this node.
 pub const DELIVERY_CONNECTIONS: &str = "tidings_delivery_connections";
 /// Connections closed because they fell behind.

@@ -234,6 +234,31 @@ pub struct DeliveryEvent {
     pub error: Option<String>,
 }
 
+/// A record of `<prefix>.audience` (the `AudienceRecord` Avro record), read whole by every
+/// delivery node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AudienceRecord {
+    /// A message posted to audiences: push `frame` once to each local connection of a user who
+    /// is a member of one of them from `seq` or earlier.
+    Push {
+        tenant_id: String,
+        message_id: String,
+        audiences: Vec<Audience>,
+        seq: u64,
+        priority: Priority,
+        /// The WebSocket `message` frame, encoded once for every connection.
+        frame: String,
+        accepted_at_ms: i64,
+    },
+    /// The audiences a user is in now, each with the first sequence they see in it (after a
+    /// subscribe, an unsubscribe or a change of tags).
+    Members {
+        tenant_id: String,
+        user_id: String,
+        memberships: Vec<(Audience, u64)>,
+    },
+}
+
 /// A message as the router stored it (what `GET /v1/messages/{id}` shows).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageRecord {
@@ -283,6 +308,18 @@ pub struct InboxItem {
     pub category: Option<String>,
     pub status: InboxStatus,
     pub created_at_ms: i64,
+}
+
+impl InboxItem {
+    /// The WebSocket `{"type":"message", ...}` frame of this item (DESIGN.md, frames).
+    pub fn frame(&self) -> String {
+        serde_json::json!({
+            "type": "message", "id": self.message_id, "seq": self.seq, "title": self.title,
+            "body": self.body, "data": self.data, "priority": self.priority,
+            "category": self.category, "created_at": rfc3339(self.created_at_ms),
+        })
+        .to_string()
+    }
 }
 
 /// State of one (recipient, channel) delivery.

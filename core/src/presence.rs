@@ -2,11 +2,14 @@
 //! every connection of a user, whichever node holds it.
 //!
 //! Guarantees: a push reaches every connection registered before it started, at most once
-//! each. Pushes are best-effort by design: the inbox is the durable copy, and a client that
+//! each. An audience push reaches each connection of the audience's members once, found
+//! through an index this node keeps (audience to connections) as users connect and their
+//! memberships change. Pushes are best-effort by design: the inbox is the durable copy, and a client that
 //! misses a push (slow, reconnecting, another node down) gets it with `resume`. A connection
 //! whose queue is full is closed (its token cancelled) rather than blocking the publisher.
 
 use crate::error::Result;
+use crate::model::Audience;
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -134,6 +137,15 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Push to every connection of the user; returns how many took it.
     async fn push(&self, tenant: &str, user: &str, push: Push) -> Result<usize>;
+
+    /// Set the audiences this node pushes the user's connections for, each with the first
+    /// sequence the user sees in it (replacing what was set before); ignored for a user with
+    /// no connection on this node.
+    fn set_memberships(&self, tenant: &str, user: &str, memberships: &[(Audience, u64)]);
+
+    /// Push one shared frame to every connection on this node of a user who is a member of one
+    /// of `audiences` from `seq` or earlier, each connection once; returns how many took it.
+    fn push_audience(&self, tenant: &str, audiences: &[Audience], seq: u64, push: Push) -> usize;
 
     /// Tell the connections of `tenant` on this node to close with `code`, except those
     /// verified by a secret tagged in `keep` (a rotation keeps the valid ones; disabling keeps

@@ -15,12 +15,7 @@ pub fn message_from_delivery(d: &Delivery) -> String {
 
 /// `{"type":"message", ...}` for an inbox row replayed on resume.
 pub fn message_from_item(i: &InboxItem) -> String {
-    json!({
-        "type": "message", "id": i.message_id, "seq": i.seq, "title": i.title, "body": i.body,
-        "data": i.data, "priority": i.priority, "category": i.category,
-        "created_at": rfc3339(i.created_at_ms),
-    })
-    .to_string()
+    i.frame()
 }
 
 /// `{"type":"error","code","message"}`

@@ -3,6 +3,8 @@
 //! - [`ws`]: the realtime connection (`/v1/ws`): auth, frames, ack/read, resume, heartbeats
 //! - [`inbox`]: the user's inbox API (`/v1/inbox`), authenticated with the user JWT
 //! - [`inapp`]: the consumer of `deliveries.inapp` that pushes to live connections
+//! - [`audience`]: the consumer of `audience` that pushes a message to audiences once to each
+//!   local connection of their members, and keeps the index of who is in which audience
 //!
 //! Each channel reads two topics, `deliveries.<channel>.urgent` and `deliveries.<channel>`,
 //! in tasks of their own: an urgent delivery never waits behind a fan-out backlog.
@@ -10,6 +12,7 @@
 //! - [`frames`]: the JSON frames the server sends
 //! - [`user_auth`]: JWT checks shared by `ws` and `inbox`
 
+pub mod audience;
 pub mod channels;
 pub mod frames;
 pub mod inapp;

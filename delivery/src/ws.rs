@@ -257,6 +257,10 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
     {
         tracing::warn!(error = %e, "cannot record the user as known");
     }
+    // after the attach: a membership change from now on reaches the index either way
+    if let Err(e) = crate::audience::load_members(&ctx, &user.tenant, &user.user).await {
+        tracing::warn!(error = %e, "cannot load the user's audiences: audience messages arrive on resume");
+    }
     let sent = Sent::new(wcfg.dedup_window);
     // the frame handler (a task and two queues) starts with the first client frame: most
     // connections sit idle, and each byte of an idle connection counts at 100k of them

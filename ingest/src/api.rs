@@ -333,12 +333,26 @@ async fn message(
                    "last_error": s.last_error, "updated_at": rfc3339(s.updated_at_ms)})
         })
         .collect();
-    Ok(Json(json!({
+    let mut out = json!({
         "message_id": m.message_id, "priority": m.priority, "category": m.category,
         "template": m.template, "title": m.title, "body": m.body, "data": m.data,
         "channels": m.channels, "created_at": rfc3339(m.created_at_ms), "recipients": recipients,
         "status": if m.failure.is_some() { "failed" } else { "routed" }, "error": m.failure,
-    })))
+    });
+    // an audience message: its audiences and counts; `recipients` holds the entries that
+    // exist (users listed by name, users who acked or read it)
+    if let Some(a) = ctx.store.audience_message(&tenant.id, &id).await? {
+        let audiences: Vec<Value> = a
+            .audiences
+            .iter()
+            .map(|x| json!({"kind": x.kind(), "name": x.name()}))
+            .collect();
+        out["audience"] = audiences.first().cloned().unwrap_or(Value::Null);
+        out["audiences"] = Value::Array(audiences);
+        out["counts"] =
+            json!({"recipients": a.recipients, "delivered": a.delivered, "read": a.read});
+    }
+    Ok(Json(out))
 }
 
 async fn put_user(
@@ -350,6 +364,7 @@ async fn put_user(
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     let profile: UserProfile = body_json(body, limit(&ctx))?;
     ctx.store.upsert_user(&tenant.id, &user, &profile).await?;
+    publish_members(&ctx, &tenant.id, &user).await?;
     Ok(Json(json!({"user": user, "profile": profile})))
 }
 
@@ -376,6 +391,7 @@ async fn subscribe(
 ) -> ApiResult<StatusCode> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     ctx.store.subscribe(&tenant.id, &topic, &user).await?;
+    publish_members(&ctx, &tenant.id, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -386,6 +402,7 @@ async fn unsubscribe(
 ) -> ApiResult<StatusCode> {
     let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
     if ctx.store.unsubscribe(&tenant.id, &topic, &user).await? {
+        publish_members(&ctx, &tenant.id, &user).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::not_found(
@@ -551,4 +568,27 @@ async fn dlq_replay(
         StatusCode::ACCEPTED,
         Json(json!({"replayed": id, "message_id": entry.message_id})),
     ))
+}
+
+/// Tell every delivery node the audiences `user` is in now (after the store changed them), on
+/// `<prefix>.audience`: their indexes of who is in which audience follow it.
+async fn publish_members(ctx: &Context, tenant: &str, user: &str) -> tidings_core::Result<()> {
+    let memberships = ctx
+        .store
+        .memberships(tenant, user)
+        .await?
+        .into_iter()
+        .map(|m| (m.audience, m.since_seq))
+        .collect();
+    let r = AudienceRecord::Members {
+        tenant_id: tenant.to_string(),
+        user_id: user.to_string(),
+        memberships,
+    };
+    let record = OutRecord::new(
+        ctx.audience_topic(),
+        tenant.as_bytes().to_vec(),
+        tidings_schemas::codec().encode_audience(&r),
+    );
+    ctx.bus.append(vec![record]).await.map(|_| ())
 }

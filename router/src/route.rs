@@ -1,5 +1,12 @@
-//! Routing a batch of requests: expand recipients page by page, render, write the message,
-//! inbox rows and delivery statuses, and emit one delivery per (recipient, channel).
+//! Routing a batch of requests: render, write the message, and deliver it.
+//!
+//! - In-app to audiences (topics, tags, the whole tenant): the message is written once for its
+//!   audiences ([`Store::post_audience`](tidings_core::store::Store::post_audience)) and pushed
+//!   with one record on `<prefix>.audience`, whatever the audience's size; users the request
+//!   lists by name get rows and deliveries of their own.
+//! - Everything else (listed users, and the external channels of audience messages): expand
+//!   recipients page by page, write inbox rows and delivery statuses, and emit one delivery per
+//!   (recipient, channel).
 //!
 //! Every write is idempotent (messages by id, inbox rows by (user, message id)), so a batch
 //! that is routed again after a crash changes nothing a user can see twice. Deliveries are
@@ -13,14 +20,16 @@ use std::sync::Arc;
 use std::task::Poll;
 use tidings_core::bus::{OutRecord, Record};
 use tidings_core::metrics_names::{
-    DLQ_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL, ROUTER_REQUESTS_TOTAL,
+    DLQ_TOTAL, ROUTER_AUDIENCE_POSTS_TOTAL, ROUTER_DEAD_TOTAL, ROUTER_DELIVERIES_TOTAL,
+    ROUTER_REQUESTS_TOTAL,
 };
 use tidings_core::model::*;
-use tidings_core::store::{NewInboxRow, Page};
+use tidings_core::store::{AudiencePost, NewInboxRow, Page};
 use tidings_core::{template, Context, Error, Result};
 use tokio::task::JoinSet;
 
 /// A decoded, rendered request.
+#[derive(Clone)]
 struct Prepared {
     req: NotificationRequest,
     title: String,
@@ -191,16 +200,147 @@ pub async fn route_batch(
             failure: None,
         })
         .collect();
-    // the message records and the first recipients' rows go into the same group commit
-    let ((), acks) = tokio::try_join!(
+    // in-app to audiences is posted once; the rest is fanned out per recipient
+    let mut posts = Vec::new();
+    let mut fanned = Vec::new();
+    for p in prepared.iter() {
+        if p.req.channels.contains(&Channel::Inapp) && !Audience::of(&p.req.to).is_empty() {
+            posts.push(p);
+            let mut rest = p.clone();
+            rest.req.channels.retain(|c| *c != Channel::Inapp);
+            if !rest.req.channels.is_empty() {
+                fanned.push(rest);
+            }
+        } else {
+            fanned.push(p.clone());
+        }
+    }
+    // the message records, the posts and the first recipients' rows share a group commit
+    let ((), mut acks, posted) = tokio::try_join!(
         ctx.store.put_messages(&messages),
-        fan_out(ctx, prepared.clone())
+        fan_out(ctx, Arc::new(fanned)),
+        post_audiences(ctx, &posts),
     )?;
+    acks.extend(posted);
     for p in prepared.iter() {
         metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
             .increment(1);
     }
     Ok(acks)
+}
+
+/// Write each in-app audience message once and emit its push (one record for every
+/// connection of its members) and the deliveries of the users it lists by name; returns their
+/// append once it has its place on the bus, unless it is acknowledged already.
+async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<PendingAck>> {
+    if posts.is_empty() {
+        return Ok(None);
+    }
+    let item = |p: &Prepared| InboxItem {
+        message_id: p.req.message_id.clone(),
+        seq: 0,
+        title: p.title.clone(),
+        body: p.body.clone(),
+        data: p.req.data.clone(),
+        priority: p.req.priority,
+        category: p.req.category.clone(),
+        status: InboxStatus::Unread,
+        created_at_ms: p.req.accepted_at_ms,
+    };
+    let posted = try_join_all(posts.iter().map(|p| {
+        let post = AudiencePost {
+            tenant_id: p.req.tenant_id.clone(),
+            audiences: Audience::of(&p.req.to),
+            listed: p.req.to.users.clone(),
+            item: item(p),
+        };
+        async move { ctx.store.post_audience(&post).await }
+    }))
+    .await?;
+    let now = now_ms();
+    try_join_all(
+        posts
+            .iter()
+            .filter(|p| !p.req.to.users.is_empty())
+            .map(|p| {
+                let st: Vec<DeliveryStatus> = p
+                    .req
+                    .to
+                    .users
+                    .iter()
+                    .map(|u| DeliveryStatus {
+                        user_id: u.clone(),
+                        channel: Channel::Inapp,
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        last_error: None,
+                        updated_at_ms: now,
+                    })
+                    .collect();
+                async move {
+                    ctx.store
+                        .put_delivery_status(&p.req.tenant_id, &p.req.message_id, &st)
+                        .await
+                }
+            }),
+    )
+    .await?;
+    let codec = tidings_schemas::codec();
+    let mut out = Vec::new();
+    for (p, at) in posts.iter().zip(&posted) {
+        let mut it = item(p);
+        it.seq = at.seq;
+        let push = AudienceRecord::Push {
+            tenant_id: p.req.tenant_id.clone(),
+            message_id: p.req.message_id.clone(),
+            audiences: Audience::of(&p.req.to),
+            seq: at.seq,
+            priority: p.req.priority,
+            frame: it.frame(),
+            accepted_at_ms: p.req.accepted_at_ms,
+        };
+        out.push(OutRecord::new(
+            ctx.audience_topic(),
+            p.req.tenant_id.as_bytes().to_vec(),
+            codec.encode_audience(&push),
+        ));
+        metrics::counter!(ROUTER_AUDIENCE_POSTS_TOTAL).increment(1);
+        let mut listed = p.req.to.users.clone();
+        listed.sort();
+        listed.dedup();
+        for u in listed {
+            let d = Delivery {
+                tenant_id: p.req.tenant_id.clone(),
+                message_id: p.req.message_id.clone(),
+                user_id: u,
+                channel: Channel::Inapp,
+                seq: at.seq,
+                priority: p.req.priority,
+                category: p.req.category.clone(),
+                title: p.title.clone(),
+                body: p.body.clone(),
+                data: p.req.data.clone(),
+                payload: None,
+                created_at_ms: p.req.accepted_at_ms,
+                accepted_at_ms: p.req.accepted_at_ms,
+                attempt: 0,
+                due_at_ms: 0,
+                last_error: None,
+            };
+            metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => "inapp").increment(1);
+            out.push(OutRecord::new(
+                ctx.deliveries_topic(Channel::Inapp, p.req.priority),
+                tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
+                codec.encode_delivery(&d),
+            ));
+        }
+    }
+    let bus = ctx.bus.clone();
+    let mut ack: PendingAck = Box::pin(async move { bus.append(out).await.map(|_| ()) });
+    match futures::poll!(ack.as_mut()) {
+        Poll::Ready(r) => r.map(|()| None),
+        Poll::Pending => Ok(Some(ack)),
+    }
 }
 
 /// Pages of recipients being written at once: their writes share group commits, and one

@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Command::Schemas = cli.command {
         let c = tidings_schemas::codec();
-        for s in [&c.request, &c.delivery, &c.event] {
+        for s in [&c.request, &c.delivery, &c.event, &c.audience] {
             println!(
                 "# {} id={} subject={}.{}",
                 s.name, s.id, config.topic_prefix, s.subject

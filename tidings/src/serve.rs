@@ -204,11 +204,11 @@ fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// The (group, topic) pairs this process consumes, for the queue-depth gauges.
-fn consumed(ctx: &Context, stages: Stages) -> Vec<(&'static str, String)> {
+fn consumed(ctx: &Context, stages: Stages) -> Vec<(String, String)> {
     let mut v = Vec::new();
     if stages.ingest {
         v.push((
-            tidings_ingest::avro_topic::GROUP,
+            tidings_ingest::avro_topic::GROUP.to_string(),
             ctx.config.topic("ingest"),
         ));
     }
@@ -216,7 +216,7 @@ fn consumed(ctx: &Context, stages: Stages) -> Vec<(&'static str, String)> {
         v.extend(
             Priority::ALL
                 .iter()
-                .map(|p| (tidings_router::GROUP, ctx.requests_topic(*p))),
+                .map(|p| (tidings_router::GROUP.to_string(), ctx.requests_topic(*p))),
         );
     }
     if stages.delivery {
@@ -224,14 +224,15 @@ fn consumed(ctx: &Context, stages: Stages) -> Vec<(&'static str, String)> {
             Channel::ALL
                 .iter()
                 .flat_map(|c| ctx.delivery_topics(*c))
-                .map(|t| (tidings_delivery::GROUP, t)),
+                .map(|t| (tidings_delivery::GROUP.to_string(), t)),
         );
+        v.push((tidings_delivery::audience::group(ctx), ctx.audience_topic()));
     }
     if stages.retry {
         v.extend(
             RETRY_TIERS
                 .iter()
-                .map(|t| (tidings_retry::hold::GROUP, ctx.retry_topic(t))),
+                .map(|t| (tidings_retry::hold::GROUP.to_string(), ctx.retry_topic(t))),
         );
     }
     v
@@ -265,6 +266,13 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
         let (c, s) = (ctx.clone(), shutdown.clone());
         supervise(
             &mut tasks,
+            "delivery-audience",
+            shutdown.clone(),
+            move || tidings_delivery::audience::run(c.clone(), s.clone()),
+        );
+        let (c, s) = (ctx.clone(), shutdown.clone());
+        supervise(
+            &mut tasks,
             "delivery-webhook",
             shutdown.clone(),
             move || tidings_delivery::channels::webhook::run(c.clone(), s.clone()),
@@ -294,7 +302,7 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
                     if let Ok(lag) = c.bus.lag(group, topic).await {
                         let short = topic.strip_prefix(&prefix).unwrap_or(topic).to_string();
                         metrics::gauge!(BUS_QUEUE_DEPTH, "topic" => short.clone()).set(lag as f64);
-                        metrics::gauge!(BUS_CONSUMER_LAG, "topic" => short, "group" => *group)
+                        metrics::gauge!(BUS_CONSUMER_LAG, "topic" => short, "group" => group.clone())
                             .set(lag as f64);
                     }
                 }

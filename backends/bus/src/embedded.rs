@@ -20,7 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidings_core::bus::{
-    partition_for, Bus, Consumer, OutRecord, Position, Rebalance, Record, TopicSpec, TopicState,
+    partition_for, Bus, Consumer, OutRecord, Position, Rebalance, Record, Start, TopicSpec,
+    TopicState,
 };
 use tidings_core::model::now_ms;
 use tidings_core::{Error, Result};
@@ -347,7 +348,12 @@ impl Bus for EmbeddedBus {
         Ok(positions)
     }
 
-    async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_from(
+        &self,
+        group: &str,
+        topic: &str,
+        start: Start,
+    ) -> Result<Box<dyn Consumer>> {
         let partitions = self.partitions(topic)?;
         let id = self
             .inner
@@ -374,6 +380,7 @@ impl Bus for EmbeddedBus {
             committed: BTreeMap::new(),
             changes: None,
             next_partition: 0,
+            start,
         }))
     }
 
@@ -417,6 +424,8 @@ struct EmbeddedConsumer {
     changes: Option<Rebalance>,
     /// Where the next poll starts, so no partition starves.
     next_partition: usize,
+    /// Where a partition the group never committed on is read from.
+    start: Start,
 }
 
 impl EmbeddedConsumer {
@@ -479,13 +488,17 @@ impl EmbeddedConsumer {
             // the previous holder committed before letting go: start from the group's offset
             let r = self.bus.inner.engine.read()?;
             let t = r.open_table(OFFSETS).map_err(storage_err)?;
+            let heads = self.bus.inner.heads.lock().expect("heads lock").clone();
             for p in &assigned {
                 let committed = t
                     .get((self.group.as_str(), self.topic.as_str(), *p))
                     .map_err(storage_err)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                self.positions.insert(*p, committed);
+                    .map(|v| v.value());
+                let from = committed.unwrap_or_else(|| match self.start {
+                    Start::Earliest => 0,
+                    Start::Latest => heads.get(&(self.topic.clone(), *p)).copied().unwrap_or(0),
+                });
+                self.positions.insert(*p, from);
             }
         }
         if !revoked.is_empty() || !assigned.is_empty() {

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tidings_core::bus::{
-    Bus, Consumer, OutRecord, Position, Rebalance, Record, TopicSpec, TopicState,
+    Bus, Consumer, OutRecord, Position, Rebalance, Record, Start, TopicSpec, TopicState,
 };
 use tidings_core::config::BusConfig;
 use tidings_core::{Error, ErrorKind, Result};
@@ -345,7 +345,12 @@ impl Bus for KafkaBus {
         }
     }
 
-    async fn consumer(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {
+    async fn consumer_from(
+        &self,
+        group: &str,
+        topic: &str,
+        start: Start,
+    ) -> Result<Box<dyn Consumer>> {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let context = GroupContext {
             topic: topic.to_string(),
@@ -359,7 +364,13 @@ impl Bus for KafkaBus {
                 ("group.id", group),
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
+                (
+                    "auto.offset.reset",
+                    match start {
+                        Start::Earliest => "earliest",
+                        Start::Latest => "latest",
+                    },
+                ),
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("session.timeout.ms", "10000"),
                 ("heartbeat.interval.ms", "1000"),

@@ -5,11 +5,12 @@
 //! - `redis`: presence with TTL and pub/sub between nodes; not built into this version
 
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tidings_core::config::Config;
 use tidings_core::metrics_names::DELIVERY_SLOW_CLOSED_TOTAL;
+use tidings_core::model::Audience;
 use tidings_core::presence::{ConnId, ConnSink, Offer, Presence, Push};
 use tidings_core::{Error, Result};
 
@@ -30,9 +31,52 @@ pub fn open(config: &Config) -> Result<Arc<dyn Presence>> {
 /// Connections of one shard, by (tenant, user).
 type Shard = RwLock<HashMap<(String, String), Vec<(ConnId, ConnSink)>>>;
 
-/// Connections of this process, by (tenant, user). Sharded to keep lock hold times short.
+/// A user with connections here: the audiences they are in (key, first sequence) and their
+/// connections.
+#[derive(Default)]
+struct Member {
+    audiences: Vec<(String, u64)>,
+    conns: Vec<(ConnId, ConnSink)>,
+}
+
+/// Which local connections an audience push goes to.
+#[derive(Default)]
+struct AudienceIndex {
+    /// (tenant, audience key) to its members' connections, with the first sequence each sees.
+    audiences: HashMap<(String, String), HashMap<ConnId, (u64, ConnSink)>>,
+    /// (tenant, user) of every user with a connection here.
+    users: HashMap<(String, String), Member>,
+}
+
+impl AudienceIndex {
+    fn link(&mut self, tenant: &str, key: &str, since: u64, conns: &[(ConnId, ConnSink)]) {
+        let a = self
+            .audiences
+            .entry((tenant.to_string(), key.to_string()))
+            .or_default();
+        for (id, sink) in conns {
+            a.insert(*id, (since, sink.clone()));
+        }
+    }
+
+    fn unlink(&mut self, tenant: &str, key: &str, conns: &[ConnId]) {
+        let k = (tenant.to_string(), key.to_string());
+        if let Some(a) = self.audiences.get_mut(&k) {
+            for id in conns {
+                a.remove(id);
+            }
+            if a.is_empty() {
+                self.audiences.remove(&k);
+            }
+        }
+    }
+}
+
+/// Connections of this process, by (tenant, user), and by audience. Sharded by user to keep
+/// lock hold times short.
 pub struct LocalPresence {
     shards: Vec<Shard>,
+    index: RwLock<AudienceIndex>,
     next_id: AtomicU64,
     count: AtomicUsize,
     max_per_user: usize,
@@ -52,6 +96,7 @@ impl LocalPresence {
     pub fn new(max_per_user: usize, max_queued_bytes: usize) -> LocalPresence {
         LocalPresence {
             shards: (0..64).map(|_| RwLock::new(HashMap::new())).collect(),
+            index: RwLock::default(),
             next_id: AtomicU64::new(1),
             count: AtomicUsize::new(0),
             max_per_user: max_per_user.max(1),
@@ -89,8 +134,18 @@ impl Presence for LocalPresence {
                 s.close_with(tidings_core::presence::CLOSE_REPLACED);
             }
         }
-        conns.push((id, sink));
+        conns.push((id, sink.clone()));
+        drop(m);
         self.count.fetch_add(1, Ordering::Relaxed);
+        // a user already known here: the new connection joins their audiences at once
+        let mut ix = self.index.write().expect("audience index lock");
+        let key = (tenant.to_string(), user.to_string());
+        let member = ix.users.entry(key.clone()).or_default();
+        member.conns.push((id, sink.clone()));
+        let audiences = member.audiences.clone();
+        for (a, since) in audiences {
+            ix.link(tenant, &a, since, &[(id, sink.clone())]);
+        }
         id
     }
 
@@ -107,6 +162,60 @@ impl Presence for LocalPresence {
                 m.remove(&key);
             }
         }
+        drop(m);
+        let mut ix = self.index.write().expect("audience index lock");
+        let Some(member) = ix.users.get_mut(&key) else {
+            return;
+        };
+        member.conns.retain(|(c, _)| *c != id);
+        let audiences = member.audiences.clone();
+        if member.conns.is_empty() {
+            ix.users.remove(&key);
+        }
+        for (a, _) in audiences {
+            ix.unlink(tenant, &a, &[id]);
+        }
+    }
+
+    fn set_memberships(&self, tenant: &str, user: &str, memberships: &[(Audience, u64)]) {
+        let mut ix = self.index.write().expect("audience index lock");
+        let Some(member) = ix.users.get_mut(&(tenant.to_string(), user.to_string())) else {
+            return;
+        };
+        let new: Vec<(String, u64)> = memberships.iter().map(|(a, s)| (a.key(), *s)).collect();
+        let old = std::mem::replace(&mut member.audiences, new.clone());
+        let conns = member.conns.clone();
+        let ids: Vec<ConnId> = conns.iter().map(|(c, _)| *c).collect();
+        for (a, _) in old.iter().filter(|(a, _)| !new.iter().any(|(n, _)| n == a)) {
+            ix.unlink(tenant, a, &ids);
+        }
+        for (a, since) in &new {
+            ix.link(tenant, a, *since, &conns);
+        }
+    }
+
+    fn push_audience(&self, tenant: &str, audiences: &[Audience], seq: u64, push: Push) -> usize {
+        let ix = self.index.read().expect("audience index lock");
+        let push = Arc::new(push);
+        let mut reached = 0;
+        // a connection in two of the audiences gets the message once
+        let mut offered: HashSet<ConnId> = HashSet::new();
+        for a in audiences {
+            let Some(conns) = ix.audiences.get(&(tenant.to_string(), a.key())) else {
+                continue;
+            };
+            for (id, (since, sink)) in conns {
+                if *since > seq || (audiences.len() > 1 && !offered.insert(*id)) {
+                    continue;
+                }
+                match sink.offer(push.clone(), self.max_queued_bytes) {
+                    Offer::Queued => reached += 1,
+                    Offer::Slow => metrics::counter!(DELIVERY_SLOW_CLOSED_TOTAL).increment(1),
+                    Offer::Gone => {}
+                }
+            }
+        }
+        reached
     }
 
     async fn push(&self, tenant: &str, user: &str, push: Push) -> Result<usize> {
@@ -198,6 +307,54 @@ mod tests {
         assert_eq!(rb.recv().await.unwrap().message_id, "m1");
         p.detach("t", "u", ida);
         assert_eq!(p.local_connections(), 1);
+    }
+
+    fn topic(n: &str) -> Audience {
+        Audience::Topic(n.into())
+    }
+
+    /// An audience push reaches each connection of its members once, from their first
+    /// sequence on, and follows connects, disconnects and membership changes.
+    #[tokio::test]
+    async fn audience_pushes_follow_the_index() {
+        let p = LocalPresence::default();
+        let (a1, mut ra1) = sink(8);
+        let (a2, mut ra2) = sink(8);
+        let (b, mut rb) = sink(8);
+        let a1_id = p.attach("t", "a", a1);
+        p.set_memberships("t", "a", &[(topic("x"), 1), (topic("y"), 1)]);
+        // a second connection of a known user joins their audiences at once
+        p.attach("t", "a", a2);
+        p.attach("t", "b", b);
+        p.set_memberships("t", "b", &[(topic("x"), 5)]);
+        // before b's first sequence: a's two connections only, each once for two audiences
+        assert_eq!(
+            p.push_audience("t", &[topic("x"), topic("y")], 3, push("m1")),
+            2
+        );
+        assert_eq!(p.push_audience("t", &[topic("x")], 5, push("m2")), 3);
+        assert_eq!(
+            p.push_audience("t2", &[topic("x")], 9, push("m3")),
+            0,
+            "tenants are apart"
+        );
+        // memberships are replaced, and unknown users ignored
+        p.set_memberships("t", "b", &[(topic("y"), 6)]);
+        p.set_memberships("t", "nobody", &[(topic("x"), 1)]);
+        assert_eq!(p.push_audience("t", &[topic("x")], 7, push("m4")), 2);
+        p.detach("t", "a", a1_id);
+        assert_eq!(p.push_audience("t", &[topic("y")], 8, push("m5")), 2);
+        let ids = |r: &mut tokio::sync::mpsc::Receiver<Arc<Push>>| {
+            let mut v = Vec::new();
+            while let Ok(p) = r.try_recv() {
+                v.push(p.message_id.clone());
+            }
+            v
+        };
+        assert_eq!(ids(&mut ra1), vec!["m1", "m2", "m4"]);
+        assert_eq!(ids(&mut ra2), vec!["m1", "m2", "m4", "m5"]);
+        assert_eq!(ids(&mut rb), vec!["m2", "m5"]);
+        assert!(p.index.read().unwrap().users.len() == 2);
     }
 
     #[tokio::test]
