@@ -200,28 +200,45 @@ pub async fn route_batch(
             failure: None,
         })
         .collect();
-    // in-app to audiences is posted once; the rest is fanned out per recipient
-    let mut posts = Vec::new();
-    let mut fanned = Vec::new();
+    // in-app to audiences is posted once, the rest fanned out per recipient; runs of each
+    // kind go in request order, so a user's personal and audience messages keep their order
+    let mut runs: Vec<(bool, Vec<Prepared>)> = Vec::new();
+    let mut external = Vec::new();
     for p in prepared.iter() {
-        if p.req.channels.contains(&Channel::Inapp) && !Audience::of(&p.req.to).is_empty() {
-            posts.push(p);
+        let audience =
+            p.req.channels.contains(&Channel::Inapp) && !Audience::of(&p.req.to).is_empty();
+        let mut p = p.clone();
+        if audience {
             let mut rest = p.clone();
             rest.req.channels.retain(|c| *c != Channel::Inapp);
             if !rest.req.channels.is_empty() {
-                fanned.push(rest);
+                external.push(rest);
             }
-        } else {
-            fanned.push(p.clone());
+            p.req.channels = vec![Channel::Inapp];
+        }
+        match runs.last_mut() {
+            Some((kind, run)) if *kind == audience => run.push(p),
+            _ => runs.push((audience, vec![p])),
         }
     }
-    // the message records, the posts and the first recipients' rows share a group commit
-    let ((), mut acks, posted) = tokio::try_join!(
+    let in_order = async {
+        let mut acks = Vec::new();
+        for (audience, run) in runs {
+            if audience {
+                acks.extend(post_audiences(ctx, &run.iter().collect::<Vec<_>>()).await?);
+            } else {
+                acks.extend(fan_out(ctx, Arc::new(run)).await?);
+            }
+        }
+        Ok(acks)
+    };
+    // the message records and the first writes of the runs share a group commit
+    let ((), mut acks, more) = tokio::try_join!(
         ctx.store.put_messages(&messages),
-        fan_out(ctx, Arc::new(fanned)),
-        post_audiences(ctx, &posts),
+        in_order,
+        fan_out(ctx, Arc::new(external)),
     )?;
-    acks.extend(posted);
+    acks.extend(more);
     for p in prepared.iter() {
         metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
             .increment(1);
