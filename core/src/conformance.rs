@@ -252,6 +252,15 @@ async fn start_latest_conformance(bus: &dyn Bus, prefix: &str) {
         );
     }
     assert_eq!(c.assignment().len(), 2);
+    // Kafka looks the end up after the assignment: give it a moment before appending
+    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < settle {
+        assert!(c
+            .poll(10, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty());
+    }
     bus.append((6..10).map(rec).collect()).await.unwrap();
     let got = read_n(c.as_mut(), 4, Duration::from_secs(20)).await;
     let mut values: Vec<u32> = got

@@ -68,13 +68,14 @@ fn migrate_creates_every_topic_checks_them_and_is_safe_twice() {
         .lines()
         .filter(|l| l.starts_with("topic created"))
         .count();
-    assert_eq!(created, 13, "every topic created: {out}");
+    assert_eq!(created, 14, "every topic created: {out}");
     for t in [
         "ingest",
         "requests.urgent",
         "deliveries.inapp.urgent",
         "retry.long",
         "dlq",
+        "audience",
     ] {
         assert!(
             out.contains(&format!("{prefix}.{t} partitions=2")),
@@ -146,6 +147,31 @@ async fn the_whole_pipeline_runs_on_kafka() {
     assert_eq!(got, want, "each message once");
     let inbox = s.inbox_all(&t.token("alice")).await;
     assert_eq!(inbox.len(), 4);
+
+    // a topic message: one record on `audience`, read by this node's own group from the end;
+    // the membership record of a subscribe reaches the live connection's index the same way.
+    // The group may still be joining (a new node starts from the end): try until it holds
+    // its partitions.
+    let mut pushed = None;
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        let (st, _) = s
+            .api(&t, "PUT", "/v1/topics/k-news/subscribers/alice", None)
+            .await;
+        assert_eq!(st, 204);
+        let id = s
+            .send(&t, json!({"to": {"topics": ["k-news"]}, "title": "news"}))
+            .await;
+        sent.push(id);
+        if let Some(m) = alice.next_message(3 * SEC).await {
+            pushed = Some(m["id"].as_str().unwrap().to_string());
+            break;
+        }
+    }
+    let pushed = pushed.expect("a topic message was pushed through the audience topic");
+    assert!(sent.contains(&pushed), "{pushed} is one of {sent:?}");
+    let inbox = s.inbox_all(&t.token("alice")).await;
+    assert!(inbox.iter().any(|i| i["id"] == pushed.as_str()));
 
     // a webhook that fails once goes through retry.short on Kafka and is delivered
     let id = s
