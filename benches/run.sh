@@ -52,7 +52,7 @@ case "$target" in
       sleep 0.1
     done
     "$bin/tidings-loadgen" --url "http://127.0.0.1:$port" --admin-token bench \
-      --server-pid "$pid" --json "$out" "$@"
+      --server-pid "$pid" --data-dir "$run/data" --json "$out" "$@"
     ;;
   centrifugo)
     pid=$(benches/peers/centrifugo.sh start "$port" bench-secret bench-key)

@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the hot paths: Avro encode/decode of a request, template
-//! render, recipient expansion, WebSocket frame encode, and the embedded bus append and read.
+//! render, recipient expansion, the merged inbox of a user in many audiences, WebSocket frame
+//! encode, and the embedded bus append and read.
 //!
 //! `cargo bench -p tidings-benches --bench hot_paths` (add `-- <filter>` for one group).
 
@@ -153,6 +154,98 @@ fn expansion(c: &mut Criterion) {
     g.finish();
 }
 
+/// The merged inbox of a user in 50 topics that received 10,000 audience messages (200 each,
+/// round robin) plus 100 personal rows: one page of 50, newest first, from the top and from
+/// cursors spread over the history; and the unread count. Prints p50 and p99 of single reads
+/// besides criterion's mean.
+fn inbox(c: &mut Criterion) {
+    use tidings_core::store::{AudiencePost, NewInboxRow};
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt.block_on(async {
+        let s =
+            tidings_store::embedded::EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        for t in 0..50 {
+            s.subscribe("t1", &format!("topic-{t}"), "reader")
+                .await
+                .unwrap();
+        }
+        let item = |id: String| InboxItem {
+            message_id: id,
+            seq: 0,
+            title: "Order A-1042 shipped".into(),
+            body: "2 x lamp, arriving 2026-11-24".into(),
+            data: json!({"order": "A-1042"}),
+            priority: Priority::Normal,
+            category: Some("orders".into()),
+            status: InboxStatus::Unread,
+            created_at_ms: now_ms(),
+        };
+        for chunk in 0..40 {
+            let posts = (0..250).map(|j| {
+                let i = chunk * 250 + j;
+                let s = s.clone();
+                let post = AudiencePost {
+                    tenant_id: "t1".into(),
+                    audiences: vec![Audience::Topic(format!("topic-{}", i % 50))],
+                    listed: vec![],
+                    item: item(format!("m{i:05}")),
+                };
+                async move { s.post_audience(&post).await }
+            });
+            futures::future::try_join_all(posts).await.unwrap();
+            let own = NewInboxRow {
+                tenant_id: "t1".into(),
+                user_id: "reader".into(),
+                item: item(format!("own{chunk:03}")),
+            };
+            s.append_inbox(&[own.clone()]).await.unwrap();
+        }
+        s
+    });
+    let seqs: Vec<u64> = rt.block_on(async {
+        let mut v = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.inbox_page("t1", "reader", before, 500).await.unwrap();
+            let Some(last) = page.last() else { break v };
+            before = Some(last.seq);
+            v.extend(page.iter().map(|i| i.seq));
+        }
+    });
+    assert_eq!(seqs.len(), 10_040);
+    let mut g = c.benchmark_group("inbox_50_topics_10k");
+    let mut single = Vec::new();
+    g.bench_function("page_of_50", |b| {
+        let mut k = 0usize;
+        b.iter(|| {
+            k = (k + 7919) % seqs.len();
+            let before = if k % 4 == 0 { None } else { Some(seqs[k]) };
+            let t = Instant::now();
+            let page = rt
+                .block_on(store.inbox_page("t1", "reader", before, 50))
+                .unwrap();
+            single.push(t.elapsed());
+            page
+        })
+    });
+    g.bench_function("unread_count", |b| {
+        b.iter(|| rt.block_on(store.unread_count("t1", "reader")).unwrap())
+    });
+    g.finish();
+    single.sort();
+    if !single.is_empty() {
+        let at = |q: f64| single[((single.len() - 1) as f64 * q) as usize];
+        eprintln!(
+            "inbox page of 50 over {} reads: p50 {:?}, p99 {:?}, max {:?}",
+            single.len(),
+            at(0.5),
+            at(0.99),
+            single[single.len() - 1]
+        );
+    }
+}
+
 /// The embedded bus: durable appends of 256 records of 300 bytes (one fsynced group), and
 /// polls of 256.
 fn bus(c: &mut Criterion) {
@@ -214,5 +307,5 @@ fn bus(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, avro, template, frame, expansion, bus);
+criterion_group!(benches, avro, template, frame, expansion, inbox, bus);
 criterion_main!(benches);

@@ -104,6 +104,14 @@ struct Args {
     /// Longest wait for outstanding deliveries after the send phase.
     #[arg(long, default_value_t = 60)]
     drain_seconds: u64,
+    /// broadcast: users made known (`PUT /v1/users/k<i>`) before the clients connect, so the
+    /// tenant has this many users besides the connected ones.
+    #[arg(long, default_value_t = 0)]
+    known_users: usize,
+    /// The server's data directory, to measure what the store holds before and after the
+    /// messages (bytes of its files).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
     /// Do not ack tidings messages (acks are on by default, as real clients send them).
     #[arg(long)]
     no_ack: bool,
@@ -223,6 +231,38 @@ impl Server {
             .await?
             .next()
             .ok_or_else(|| anyhow::anyhow!("cannot resolve {hostport}"))
+    }
+
+    /// Make users `k0..k<n>` known to the tenant with an empty profile.
+    async fn make_known(&self, n: usize, concurrency: usize) -> anyhow::Result<()> {
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency.max(1) {
+            let (http, url, key, next) = (
+                self.http.clone(),
+                self.url.clone(),
+                self.key.clone(),
+                next.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        return anyhow::Ok(());
+                    }
+                    http.put(format!("{url}/v1/users/k{i}"))
+                        .bearer_auth(&key)
+                        .json(&json!({}))
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(())
     }
 
     /// Subscribe users `0..n` to the bench topic (tidings; Centrifugo clients subscribe
@@ -595,6 +635,15 @@ async fn main() -> anyhow::Result<()> {
         args.scenario,
         Scenario::Topic | Scenario::Broadcast | Scenario::Backlog
     );
+    if args.known_users > 0 && server.target == Target::Tidings {
+        let t = Instant::now();
+        server.make_known(args.known_users, 64).await?;
+        eprintln!(
+            "made {} users known in {:.1} s",
+            args.known_users,
+            t.elapsed().as_secs_f64()
+        );
+    }
     if fan || args.scenario == Scenario::Connections {
         let t = Instant::now();
         server.subscribe_all(args.clients, 64).await?;
@@ -618,6 +667,10 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_connected = sampler.as_ref().map(|s| s.rss_mib_now());
     let phase_start_s = sampler.as_ref().map_or(0.0, |s| s.elapsed_s());
+    let store_before = args
+        .data_dir
+        .as_deref()
+        .map(|d| (dir_bytes(d), file_bytes(&d.join("store.redb"))));
     let phase_start = now_us();
     let own_ticks = tidings_benches::server::cpu_ticks(std::process::id()).unwrap_or(0);
     let t = Instant::now();
@@ -706,6 +759,15 @@ async fn main() -> anyhow::Result<()> {
         "loadgen_cpu_percent": own_cpu,
     });
     obj.extend(fields.as_object().unwrap().clone());
+    if let (Some(dir), Some((before, store))) = (&args.data_dir, store_before) {
+        let (after, store_after) = (dir_bytes(dir), file_bytes(&dir.join("store.redb")));
+        obj.insert(
+            "data_dir_bytes".into(),
+            json!({"before": before, "after": after, "grew": after as i64 - before as i64,
+                   "store_before": store, "store_after": store_after,
+                   "store_grew": store_after as i64 - store as i64}),
+        );
+    }
     if let (Some(s), Some(before), Some(connected)) = (&sampler, rss_before, rss_connected) {
         obj.insert(
             "server".into(),
@@ -725,6 +787,23 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
     }
     Ok(())
+}
+
+fn file_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
+        }
+    }
+    total
 }
 
 fn report(r: &Value) {
@@ -761,6 +840,17 @@ fn report(r: &Value) {
     }
     if !r["fanout"].is_null() {
         row("to all, ms", &r["fanout"]["all_delivered_ms"]);
+    }
+    if let Some(d) = r["data_dir_bytes"].as_object() {
+        println!(
+            "data dir {} bytes before the messages, {} after ({:+}); store.redb {} to {} ({:+})",
+            d["before"],
+            d["after"],
+            d["grew"],
+            d["store_before"],
+            d["store_after"],
+            d["store_grew"]
+        );
     }
     if let Some(s) = r["server"].as_object() {
         println!(
