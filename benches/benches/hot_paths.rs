@@ -199,7 +199,7 @@ fn inbox(c: &mut Criterion) {
                 user_id: "reader".into(),
                 item: item(format!("own{chunk:03}")),
             };
-            s.append_inbox(&[own.clone()]).await.unwrap();
+            s.append_inbox(std::slice::from_ref(&own)).await.unwrap();
         }
         s
     });
@@ -220,7 +220,7 @@ fn inbox(c: &mut Criterion) {
         let mut k = 0usize;
         b.iter(|| {
             k = (k + 7919) % seqs.len();
-            let before = if k % 4 == 0 { None } else { Some(seqs[k]) };
+            let before = if k.is_multiple_of(4) { None } else { Some(seqs[k]) };
             let t = Instant::now();
             let page = rt
                 .block_on(store.inbox_page("t1", "reader", before, 50))
