@@ -220,7 +220,11 @@ fn inbox(c: &mut Criterion) {
         let mut k = 0usize;
         b.iter(|| {
             k = (k + 7919) % seqs.len();
-            let before = if k.is_multiple_of(4) { None } else { Some(seqs[k]) };
+            let before = if k.is_multiple_of(4) {
+                None
+            } else {
+                Some(seqs[k])
+            };
             let t = Instant::now();
             let page = rt
                 .block_on(store.inbox_page("t1", "reader", before, 50))

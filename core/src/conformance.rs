@@ -1356,6 +1356,34 @@ async fn sparse_read_and_delete(store: &dyn Store, t: &str) {
     assert_eq!((s.recipients, s.delivered, s.read), (2, 1, 1));
     let statuses = store.delivery_status(t, "p1").await.unwrap();
     assert_eq!(statuses.len(), 1, "one entry: the user who acted");
+    // many users settled in one call, each confined to what they see
+    let many = store
+        .settle_many(&[
+            crate::store::Settle {
+                tenant_id: t.into(),
+                user_id: "w".into(),
+                ids: vec!["p1".into(), "p2".into()],
+                status: InboxStatus::Delivered,
+                state: DeliveryState::Delivered,
+            },
+            crate::store::Settle {
+                tenant_id: t.into(),
+                user_id: "stranger".into(),
+                ids: vec!["p1".into()],
+                status: InboxStatus::Read,
+                state: DeliveryState::Read,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(many, vec![vec!["p1".to_string(), "p2".to_string()], vec![]]);
+    let s = store.audience_message(t, "p1").await.unwrap().unwrap();
+    assert_eq!((s.delivered, s.read), (2, 1));
+    assert_eq!(
+        store.unread_count(t, "w").await.unwrap(),
+        3,
+        "delivered is still unread"
+    );
     // a user who never saw a message cannot mark it
     assert!(store
         .set_inbox_status(t, "stranger", &["p1".into()], InboxStatus::Read)

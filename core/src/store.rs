@@ -83,6 +83,18 @@ pub struct Membership {
     pub since_seq: u64,
 }
 
+/// One user's ack or read of some messages, for [`Store::settle_many`].
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub ids: Vec<String>,
+    /// What the inbox rows move to (delivered, read).
+    pub status: InboxStatus,
+    /// What the user's in-app delivery status moves to, for the ids that changed.
+    pub state: DeliveryState,
+}
+
 /// Unread counts stop here: past it a client shows "999+".
 pub const UNREAD_CAP: u64 = 999;
 
@@ -258,6 +270,18 @@ pub trait Store: Send + Sync + 'static {
                 .await?;
         }
         Ok(changed)
+    }
+    /// [`Store::settle_inapp`] for many users at once, in one write where the backend can
+    /// (the acks of a fan-out arrive together); the ids that changed, in input order.
+    async fn settle_many(&self, batch: &[Settle]) -> Result<Vec<Vec<String>>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for s in batch {
+            out.push(
+                self.settle_inapp(&s.tenant_id, &s.user_id, &s.ids, s.status, s.state)
+                    .await?,
+            );
+        }
+        Ok(out)
     }
     /// Mark every unread row read, and every audience message posted so far (one write);
     /// returns how many changed (audience messages counted up to [`UNREAD_CAP`]).

@@ -1,6 +1,7 @@
 //! The user's own inbox over HTTP: newest first, cursor-paged by sequence.
 
 use crate::frames::inbox_item_json;
+use crate::settle::Settler;
 use crate::user_auth::from_headers;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -11,16 +12,22 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tidings_core::http::{body_json, query, ApiResult};
-use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
+use tidings_core::model::{EventKind, InboxStatus};
 use tidings_core::{Context, Error};
 
-pub fn routes(ctx: Context) -> Router {
+#[derive(Clone)]
+struct InboxState {
+    ctx: Context,
+    settler: Settler,
+}
+
+pub fn routes(ctx: Context, settler: Settler) -> Router {
     Router::new()
         .route("/v1/inbox", get(list))
         .route("/v1/inbox/unread_count", get(unread))
         .route("/v1/inbox/read", post(read))
         .route("/v1/inbox/{id}", delete(remove))
-        .with_state(ctx)
+        .with_state(InboxState { ctx, settler })
 }
 
 #[derive(Deserialize)]
@@ -30,7 +37,7 @@ struct ListQuery {
 }
 
 async fn list(
-    State(ctx): State<Context>,
+    State(InboxState { ctx, .. }): State<InboxState>,
     headers: HeaderMap,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -58,7 +65,10 @@ async fn list(
     ))
 }
 
-async fn unread(State(ctx): State<Context>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn unread(
+    State(InboxState { ctx, .. }): State<InboxState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let user = from_headers(&ctx, &headers).await?;
     let n = ctx.store.unread_count(&user.tenant, &user.user).await?;
     Ok(Json(json!({"unread": n})))
@@ -73,32 +83,8 @@ struct ReadBody {
     all: bool,
 }
 
-/// Mark `ids` read (inbox rows and delivery statuses) and publish the events.
-pub async fn mark_read(
-    ctx: &Context,
-    tenant: &str,
-    user: &str,
-    ids: &[String],
-) -> tidings_core::Result<Vec<String>> {
-    let changed = ctx
-        .store
-        .settle_inapp(tenant, user, ids, InboxStatus::Read, DeliveryState::Read)
-        .await?;
-    crate::publish_events(
-        ctx,
-        tenant,
-        user,
-        Channel::Inapp,
-        &changed,
-        EventKind::Read,
-        None,
-    )
-    .await;
-    Ok(changed)
-}
-
 async fn read(
-    State(ctx): State<Context>,
+    State(InboxState { ctx, settler }): State<InboxState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -111,12 +97,14 @@ async fn read(
     if req.ids.is_empty() {
         return Err(Error::invalid("invalid_request", "give `ids` or `all: true`").into());
     }
-    let changed = mark_read(&ctx, &user.tenant, &user.user, &req.ids).await?;
+    let changed = settler
+        .settle(&user.tenant, &user.user, req.ids, EventKind::Read)
+        .await?;
     Ok(Json(json!({"marked": changed.len()})))
 }
 
 async fn remove(
-    State(ctx): State<Context>,
+    State(InboxState { ctx, .. }): State<InboxState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {

@@ -9,6 +9,7 @@
 //! Each channel reads two topics, `deliveries.<channel>.urgent` and `deliveries.<channel>`,
 //! in tasks of their own: an urgent delivery never waits behind a fan-out backlog.
 //! - [`channels`]: external channels; [`channels::webhook`] is the signed HTTP POST
+//! - [`settle`]: acks and reads of every connection, persisted together
 //! - [`frames`]: the JSON frames the server sends
 //! - [`user_auth`]: JWT checks shared by `ws` and `inbox`
 
@@ -17,6 +18,7 @@ pub mod channels;
 pub mod frames;
 pub mod inapp;
 pub mod inbox;
+pub mod settle;
 pub mod user_auth;
 pub mod ws;
 
@@ -55,9 +57,10 @@ where
     Ok(())
 }
 
-/// The routes the delivery stage serves.
+/// The routes the delivery stage serves (with one ack and read writer for both).
 pub fn routes(ctx: Context, shutdown: tokio_util::sync::CancellationToken) -> Router {
-    inbox::routes(ctx.clone()).merge(ws::routes(ctx, shutdown))
+    let settler = settle::Settler::start(ctx.clone());
+    inbox::routes(ctx.clone(), settler.clone()).merge(ws::routes(ctx, settler, shutdown))
 }
 
 /// Observe the end-to-end latency of `d` (ingest acceptance to push or post), now.
@@ -66,6 +69,43 @@ fn observe_latency(d: &tidings_core::model::Delivery) {
     metrics::histogram!(tidings_core::metrics_names::DELIVERY_LATENCY_SECONDS,
         "priority" => d.priority.as_str(), "channel" => d.channel.as_str())
     .record(latency);
+}
+
+/// Publish the delivery events of many users in one append (best effort: statuses are
+/// already in the store): `(tenant, user, channel, message ids, kind)` each.
+pub async fn publish_event_groups(
+    ctx: &Context,
+    groups: &[(String, String, Channel, Vec<String>, EventKind)],
+) {
+    let codec = tidings_schemas::codec();
+    let at = now_ms();
+    let mut records = Vec::new();
+    for (tenant, user, channel, ids, kind) in groups {
+        for id in ids {
+            let e = DeliveryEvent {
+                tenant_id: tenant.clone(),
+                message_id: id.clone(),
+                user_id: user.clone(),
+                channel: *channel,
+                kind: *kind,
+                at_ms: at,
+                error: None,
+            };
+            records.push(OutRecord::new(
+                ctx.events_topic(),
+                tidings_core::bus::user_key(tenant, user),
+                codec.encode_event(&e),
+            ));
+        }
+        metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => kind.as_str())
+            .increment(ids.len() as u64);
+    }
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = ctx.bus.append(records).await {
+        tracing::warn!(error = %e, "cannot publish delivery events");
+    }
 }
 
 /// Publish delivery events on `events` (best effort: statuses are already in the store).

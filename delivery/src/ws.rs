@@ -18,7 +18,7 @@
 //! one status write, one event append for the lot), each still answered with its own `ok`.
 
 use crate::frames;
-use crate::inbox::mark_read;
+use crate::settle::Settler;
 use crate::user_auth::{verify, User};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tidings_core::http::{bearer, query, ApiError, ConnSlot};
 use tidings_core::metrics_names::{DELIVERY_CLIENT_FRAMES_TOTAL, DELIVERY_CONNECTIONS};
-use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
+use tidings_core::model::EventKind;
 use tidings_core::presence::{
     ConnSink, CLOSE_REPLACED, CLOSE_SLOW, CLOSE_TENANT_DISABLED, CLOSE_TOKEN_EXPIRED,
 };
@@ -60,13 +60,18 @@ const FRAME_DRAIN: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct WsState {
     ctx: Context,
+    settler: Settler,
     shutdown: CancellationToken,
 }
 
-pub fn routes(ctx: Context, shutdown: CancellationToken) -> Router {
+pub fn routes(ctx: Context, settler: Settler, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/v1/ws", get(upgrade))
-        .with_state(WsState { ctx, shutdown })
+        .with_state(WsState {
+            ctx,
+            settler,
+            shutdown,
+        })
 }
 
 #[derive(Deserialize)]
@@ -179,6 +184,7 @@ async fn write(
 
 struct Conn {
     ctx: Context,
+    settler: Settler,
     user: User,
     sent: Sent,
     /// Where replies go; a replay is sent page by page as it is read, so it never sits
@@ -334,7 +340,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                                 let (frames_tx, frames_rx) = channel(FRAME_QUEUE);
                                 let (replies_tx, replies_rx) = channel(FRAME_QUEUE);
                                 replies = Some(replies_rx);
-                                let conn = Conn { ctx: ctx.clone(), user: user.clone(), sent: sent.clone(), out: replies_tx.clone() };
+                                let conn = Conn { ctx: ctx.clone(), settler: st.settler.clone(), user: user.clone(), sent: sent.clone(), out: replies_tx.clone() };
                                 (frames_tx, tokio::spawn(frame_handler(conn, frames_rx, replies_tx)))
                             });
                             // room was checked above and this loop is the only sender
@@ -380,25 +386,11 @@ impl Conn {
         metrics::counter!(DELIVERY_CLIENT_FRAMES_TOTAL, "type" => "ack")
             .increment(ids.len() as u64);
         let (t, u) = (self.user.tenant.as_str(), self.user.user.as_str());
-        let result: tidings_core::Result<()> = async {
-            let changed = self
-                .ctx
-                .store
-                .settle_inapp(t, u, &ids, InboxStatus::Delivered, DeliveryState::Delivered)
-                .await?;
-            crate::publish_events(
-                &self.ctx,
-                t,
-                u,
-                Channel::Inapp,
-                &changed,
-                EventKind::Delivered,
-                None,
-            )
-            .await;
-            Ok(())
-        }
-        .await;
+        let result = self
+            .settler
+            .settle(t, u, ids.clone(), EventKind::Delivered)
+            .await
+            .map(|_| ());
         ids.iter()
             .map(|id| match &result {
                 Ok(()) => json!({"type": "ok", "ref": "ack", "id": id}).to_string(),
@@ -421,7 +413,7 @@ impl Conn {
                             "read: at most 1000 ids per frame",
                         ));
                     }
-                    let changed = mark_read(&self.ctx, &t, &u, &ids).await?;
+                    let changed = self.settler.settle(&t, &u, ids, EventKind::Read).await?;
                     Ok(vec![
                         json!({"type": "ok", "ref": "read", "ids": changed}).to_string()
                     ])

@@ -329,14 +329,41 @@ fn status_of(mark: Option<u8>, seq: u64, read_mark: u64) -> InboxStatus {
     }
 }
 
+/// Acks and reads of audience messages counted in one write transaction, per (tenant,
+/// message id): `[delivered, read]`, added to `audience_counts` once at its end
+/// ([`add_counts`]), so a thousand acks of one message rewrite its counts once.
+pub(super) type Counts = std::collections::BTreeMap<(String, String), [u64; 2]>;
+
+/// Add what a transaction counted to the messages' counts.
+pub(super) fn add_counts(txn: &WriteTransaction, counts: Counts) -> Result<()> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut t = txn.open_table(AUD_COUNTS).map_err(storage_err)?;
+    for ((tenant, id), d) in counts {
+        let mut c: [u64; 2] = t
+            .get((tenant.as_str(), id.as_str()))
+            .map_err(storage_err)?
+            .map(|v| from_json(v.value()))
+            .transpose()?
+            .unwrap_or_default();
+        c[0] += d[0];
+        c[1] += d[1];
+        t.insert((tenant.as_str(), id.as_str()), to_json(&c)?.as_slice())
+            .map_err(storage_err)?;
+    }
+    Ok(())
+}
+
 /// Move audience messages (ids that are not own rows) forward to `status` for one user;
-/// returns the ids that changed.
+/// returns the ids that changed, and counts the acks and reads in `counts`.
 pub(super) fn set_status(
     txn: &WriteTransaction,
     t: &str,
     u: &str,
     ids: &[&String],
     status: InboxStatus,
+    counts: &mut Counts,
 ) -> Result<Vec<String>> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -352,7 +379,6 @@ pub(super) fn set_status(
     let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
     let members = txn.open_table(MEMBERS).map_err(storage_err)?;
     let mut marks = txn.open_table(MARKS).map_err(storage_err)?;
-    let mut counts = txn.open_table(AUD_COUNTS).map_err(storage_err)?;
     let mut changed = Vec::new();
     for id in ids {
         let Some((seq, _)) = visible(&am, &members, t, u, id)? else {
@@ -370,21 +396,13 @@ pub(super) fn set_status(
             .insert((t, u, seq), inbox_rank(status))
             .map_err(storage_err)?;
         if status != InboxStatus::Deleted {
-            let mut c: [u64; 2] = counts
-                .get((t, id.as_str()))
-                .map_err(storage_err)?
-                .map(|v| from_json(v.value()))
-                .transpose()?
-                .unwrap_or_default();
+            let c = counts.entry((t.to_string(), id.to_string())).or_default();
             if before == InboxStatus::Unread {
                 c[0] += 1;
             }
             if status == InboxStatus::Read {
                 c[1] += 1;
             }
-            counts
-                .insert((t, id.as_str()), to_json(&c)?.as_slice())
-                .map_err(storage_err)?;
         }
         changed.push(id.to_string());
     }

@@ -13,7 +13,7 @@ use std::path::Path;
 use tidings_core::model::*;
 use tidings_core::store::{
     AppendedRow, AudiencePost, AudienceSummary, Claim, Membership, NewInboxRow, Page, Posted,
-    Store, TenantChange,
+    Settle, Store, TenantChange,
 };
 use tidings_core::{Error, Result};
 use tidings_embedded::{storage_err, Engine};
@@ -223,6 +223,7 @@ fn set_inbox_status_in(
     user: &str,
     ids: &[String],
     status: InboxStatus,
+    counts: &mut audience::Counts,
 ) -> Result<Vec<String>> {
     let idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
     let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
@@ -263,7 +264,9 @@ fn set_inbox_status_in(
         add_unread(txn, tenant, user, unread_delta)?;
     }
     // ids without an own row: audience messages the user may see
-    changed.extend(audience::set_status(txn, tenant, user, &others, status)?);
+    changed.extend(audience::set_status(
+        txn, tenant, user, &others, status, counts,
+    )?);
     Ok(changed)
 }
 
@@ -816,7 +819,12 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<String>> {
         let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
         self.engine
-            .write(move |txn| set_inbox_status_in(txn, &tenant, &user, &ids, status))
+            .write(move |txn| {
+                let mut counts = audience::Counts::new();
+                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, status, &mut counts)?;
+                audience::add_counts(txn, counts)?;
+                Ok(changed)
+            })
             .await
     }
 
@@ -842,7 +850,10 @@ impl Store for EmbeddedStore {
         let own = self
             .engine
             .write(move |txn| {
-                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, InboxStatus::Read)?;
+                let mut counts = audience::Counts::new();
+                let changed =
+                    set_inbox_status_in(txn, &tenant, &user, &ids, InboxStatus::Read, &mut counts)?;
+                audience::add_counts(txn, counts)?;
                 audience::read_all(txn, &tenant, &user)?;
                 Ok(changed.len() as u64)
             })
@@ -902,13 +913,38 @@ impl Store for EmbeddedStore {
         let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
         self.engine
             .write(move |txn| {
-                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, status)?;
+                let mut counts = audience::Counts::new();
+                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, status, &mut counts)?;
                 let mut t = txn.open_table(STATUS).map_err(storage_err)?;
                 let st = DeliveryStatus::inapp(&user, state);
                 for id in &changed {
                     put_status_in(&mut t, &tenant, id, &st)?;
                 }
+                drop(t);
+                audience::add_counts(txn, counts)?;
                 Ok(changed)
+            })
+            .await
+    }
+
+    async fn settle_many(&self, batch: &[Settle]) -> Result<Vec<Vec<String>>> {
+        let batch = batch.to_vec();
+        self.engine
+            .write(move |txn| {
+                let mut counts = audience::Counts::new();
+                let mut out = Vec::with_capacity(batch.len());
+                for s in &batch {
+                    let (t, u) = (s.tenant_id.as_str(), s.user_id.as_str());
+                    let changed = set_inbox_status_in(txn, t, u, &s.ids, s.status, &mut counts)?;
+                    let mut table = txn.open_table(STATUS).map_err(storage_err)?;
+                    let st = DeliveryStatus::inapp(u, s.state);
+                    for id in &changed {
+                        put_status_in(&mut table, t, id, &st)?;
+                    }
+                    out.push(changed);
+                }
+                audience::add_counts(txn, counts)?;
+                Ok(out)
             })
             .await
     }
