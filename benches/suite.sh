@@ -3,7 +3,7 @@
 # to docs/benchmarks/results/ (one JSON per run) and the plots to docs/benchmarks/.
 #
 #   benches/suite.sh            everything (about 15 minutes on 2 cores)
-#   benches/suite.sh unicast    one group: connections | fanout | unicast | patterns | backlog
+#   benches/suite.sh unicast    one group: connections | fanout | audiences | unicast | patterns | backlog
 #
 # The server and the load generator share the machine, as they do in the figures we publish.
 # Each process may hold at most `ulimit -Hn` descriptors (20,000 here), which caps connections.
@@ -32,6 +32,19 @@ if [[ $group == all || $group == fanout ]]; then
   done
   run tidings "$out/topic-tidings-$big-no-ack.json" --scenario topic --clients "$big" --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label no-ack
   run tidings "$out/broadcast-tidings-$big.json" --scenario broadcast --clients "$big" --connect-rate 5000 --messages 5 --interval-ms 1000
+fi
+
+if [[ $group == all || $group == audiences ]]; then
+  # issue 13: topic messages stored once and pushed once per connection, side by side with
+  # Centrifugo (whose clients do not ack: compare with no-ack); a broadcast to a tenant of
+  # 1,000,000 known users, 10,000 of them connected, with the store's size before and after
+  for n in 2000 "$big"; do
+    run tidings "$out/audience-topic-tidings-$n.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000
+    run tidings "$out/audience-topic-tidings-$n-no-ack.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label no-ack
+    run centrifugo "$out/audience-topic-centrifugo-$n.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000
+  done
+  run tidings "$out/audience-broadcast-1m-no-ack.json" --scenario broadcast --clients 10000 --known-users 1000000 --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label no-ack
+  run tidings "$out/audience-broadcast-1m.json" --scenario broadcast --clients 10000 --known-users 1000000 --connect-rate 5000 --messages 5 --interval-ms 1000
 fi
 
 if [[ $group == all || $group == unicast ]]; then

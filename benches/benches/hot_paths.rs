@@ -9,7 +9,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tidings_core::bus::{Bus, OutRecord};
 use tidings_core::model::*;
-use tidings_core::store::Store;
+use tidings_core::store::prelude::*;
 
 fn request() -> NotificationRequest {
     NotificationRequest {

@@ -680,6 +680,19 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         assert!(store.tenant_by_api_key_hash(&h).await.unwrap().is_some());
     }
 
+    directory_conformance(store, &t1, &t2).await;
+    templates_conformance(store, &t1, &t2).await;
+    idempotency_conformance(store, &t1, &t2).await;
+    inbox_conformance(store, &t1, &t2).await;
+    status_conformance(store, &t1, &t2).await;
+    dead_letters_conformance(store, &t1, &t2).await;
+    audience_conformance(store, prefix).await;
+    store.ready().await.unwrap();
+}
+
+/// Users, tags and subscriptions: known users and tag holders paged, subscriptions both ways, each tenant apart.
+async fn directory_conformance(store: &dyn Store, t1: &str, t2: &str) {
+    let (t1, t2) = (t1.to_string(), t2.to_string());
     // users and tags, paged
     for u in ["u3", "u1", "u2"] {
         store.touch_users(&t1, &[u.to_string()]).await.unwrap();
@@ -755,7 +768,11 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         .unwrap()
         .items
         .is_empty());
+}
 
+/// Templates: each save a new version, every kept version readable.
+async fn templates_conformance(store: &dyn Store, t1: &str, t2: &str) {
+    let (t1, t2) = (t1.to_string(), t2.to_string());
     // templates
     let tpl = Template {
         inapp: InappTemplate {
@@ -792,7 +809,11 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert!(store.template_version(&t1, "k", 3).await.unwrap().is_none());
     assert!(store.template(&t2, "k").await.unwrap().is_none());
     assert!(store.template_version(&t2, "k", 1).await.unwrap().is_none());
+}
 
+/// Idempotency keys: the first claim wins within its time to live; confirm and release.
+async fn idempotency_conformance(store: &dyn Store, t1: &str, t2: &str) {
+    let (t1, t2) = (t1.to_string(), t2.to_string());
     // idempotency: first claim wins within the ttl, expires after, release undoes; a claim
     // carries its fingerprint and is unconfirmed until confirmed
     let existing = |id: &str, fp: &str, confirmed: bool| Claim::Existing {
@@ -870,7 +891,11 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
             .unwrap(),
         Claim::New
     );
+}
 
+/// The inbox of own rows: idempotent appends, growing sequences, paging both ways, status forward only.
+async fn inbox_conformance(store: &dyn Store, t1: &str, t2: &str) {
+    let (t1, t2) = (t1.to_string(), t2.to_string());
     // inbox: idempotent appends, growing seqs, paging both ways, status forward only
     let rows: Vec<NewInboxRow> = (0..5)
         .map(|i| NewInboxRow {
@@ -955,7 +980,11 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
         .await
         .unwrap();
     assert!(later[0].seq > a[4].seq, "seqs keep growing");
+}
 
+/// Messages and delivery statuses: forward only; an ack or a read moves the row and the status together.
+async fn status_conformance(store: &dyn Store, t1: &str, t2: &str) {
+    let (t1, t2) = (t1.to_string(), t2.to_string());
     // messages and delivery status
     let msg = MessageRecord {
         tenant_id: t1.clone(),
@@ -1076,7 +1105,11 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert!(back.is_empty(), "an ack after the read changes nothing");
     assert_eq!(inapp_state("s0").await, Some(DeliveryState::Read));
     assert_eq!(store.unread_count(&t1, "u7").await.unwrap(), 1);
+}
 
+/// Dead letters: replaced by id, listed in order, removed only while they hold the replayed failure.
+async fn dead_letters_conformance(store: &dyn Store, t1: &str, t2: &str) {
+    let (t1, t2) = (t1.to_string(), t2.to_string());
     // dead letters
     for i in 0..3 {
         let e = DlqEntry {
@@ -1118,9 +1151,6 @@ pub async fn store_conformance(store: &dyn Store, prefix: &str) {
     assert!(store.dlq_get(&t1, "d1").await.unwrap().is_none());
     assert!(!store.dlq_remove(&t1, "d1", 1).await.unwrap());
     assert!(!store.dlq_remove(&t2, "d0", 0).await.unwrap());
-
-    store.ready().await.unwrap();
-    audience_conformance(store, prefix).await;
 }
 
 /// Every audience guarantee of [`crate::store`], each in a tenant of its own.

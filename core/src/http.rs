@@ -113,7 +113,7 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 /// The tenant an API key belongs to (`auth_missing` / `auth_invalid_key` otherwise).
 pub async fn tenant_of(
-    store: &dyn crate::store::Store,
+    ctx: &crate::Context,
     headers: &axum::http::HeaderMap,
 ) -> Result<crate::model::Tenant, Error> {
     let key = bearer(headers).ok_or_else(|| {
@@ -123,8 +123,9 @@ pub async fn tenant_of(
         )
     })?;
     let hash = crate::auth::hash_api_key(key);
-    let tenant = store
-        .tenant_by_api_key_hash(&hash)
+    let tenant = ctx
+        .hot
+        .tenant_by_api_key_hash(ctx.store.as_ref(), &hash)
         .await?
         .ok_or_else(|| Error::unauthorized("auth_invalid_key", "unknown API key"))?;
     let current = crate::auth::secrets_equal(&tenant.api_key_hash, &hash);

@@ -6,7 +6,8 @@
 //! - [`bus`], [`store`], [`presence`]: the three ports, each a documented trait
 //! - [`stage`]: the stage runner, the one consumer loop of every stage; [`backoff`]: the one
 //!   retry policy
-//! - [`conformance`]: the test suites every backend of a port must pass
+//! - `conformance`: the test suites every backend of a port must pass, one function per
+//!   guarantee (feature `testsuite`, enabled by the backends' tests only)
 //! - [`template`]: minijinja rendering; [`auth`]: API keys and user JWTs
 //! - [`egress`]: which addresses tidings may connect to for a tenant (SSRF guard)
 //! - [`hint`]: marks a task's writes urgent, so backends may let them overtake bulk writes
@@ -15,7 +16,9 @@
 pub mod auth;
 pub mod backoff;
 pub mod bus;
+pub mod cache;
 pub mod config;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod egress;
 pub mod error;
@@ -44,6 +47,8 @@ pub struct Context {
     pub templates: Arc<template::Renderer>,
     /// The router's own renderer: API traffic never stalls routing.
     pub route_templates: Arc<template::Renderer>,
+    /// Cached reads of tenants and templates ([`cache`]).
+    pub hot: Arc<cache::HotReads>,
 }
 
 impl Context {

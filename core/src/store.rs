@@ -124,9 +124,9 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// The store port, tenants: create, change in one write, look up by id and by API key.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // tenants
+pub trait Tenants: Send + Sync {
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
     /// Change a tenant in one write: `change` edits the stored tenant (its error aborts the
     /// change), and the API-key index follows its current and previous keys. Concurrent
@@ -134,8 +134,11 @@ pub trait Store: Send + Sync + 'static {
     async fn modify_tenant(&self, id: &str, change: TenantChange) -> Result<Tenant>;
     async fn tenant(&self, id: &str) -> Result<Option<Tenant>>;
     async fn tenant_by_api_key_hash(&self, hash: &str) -> Result<Option<Tenant>>;
+}
 
-    // users: a user is known once upserted, subscribed, sent to or connected
+/// The store port, users, their profiles and tags, topic subscriptions, and the audiences they are in.
+#[async_trait]
+pub trait Directory: Send + Sync {
     async fn upsert_user(&self, tenant: &str, user: &str, profile: &UserProfile) -> Result<()>;
     async fn user(&self, tenant: &str, user: &str) -> Result<Option<UserProfile>>;
     /// Make users known without touching existing profiles.
@@ -150,8 +153,6 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<String>>;
-
-    // subscriptions, both ways
     async fn subscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<()>;
     async fn unsubscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<bool>;
     async fn subscribers(
@@ -162,8 +163,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page<String>>;
     async fn subscriptions(&self, tenant: &str, user: &str) -> Result<Vec<String>>;
+    /// The audiences the user is in now (every known user is in [`Audience::Everyone`]).
+    async fn memberships(&self, tenant: &str, user: &str) -> Result<Vec<Membership>>;
+}
 
-    // templates
+/// The store port, versioned templates.
+#[async_trait]
+pub trait Templates: Send + Sync {
     /// Save a new version of a template; returns its version (the previous one plus 1).
     /// Earlier versions stay readable (at least the last 100), so a send accepted against one
     /// renders with it.
@@ -177,8 +183,11 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         version: u64,
     ) -> Result<Option<Template>>;
+}
 
-    // idempotency
+/// The store port, idempotency keys.
+#[async_trait]
+pub trait Idempotency: Send + Sync {
     /// Bind `key` to `message_id` and the request's `fingerprint`, unconfirmed, unless it is
     /// bound, younger than `ttl_ms`, to another.
     async fn claim_idempotency(
@@ -203,8 +212,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Undo a claim whose request could not be accepted; a confirmed binding stays.
     async fn release_idempotency(&self, tenant: &str, key: &str, message_id: &str) -> Result<()>;
+}
 
-    // audiences
+/// The store port, messages as routed, and audience messages written once.
+#[async_trait]
+pub trait Messages: Send + Sync {
+    /// Write messages (idempotent by id).
+    async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()>;
+    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>>;
     /// Write a message once for its audiences (and rows of their own for its listed users), at
     /// one new sequence; idempotent by message id.
     async fn post_audience(&self, post: &AudiencePost) -> Result<Posted>;
@@ -214,13 +229,11 @@ pub trait Store: Send + Sync + 'static {
         tenant: &str,
         message_id: &str,
     ) -> Result<Option<AudienceSummary>>;
-    /// The audiences the user is in now (every known user is in [`Audience::Everyone`]).
-    async fn memberships(&self, tenant: &str, user: &str) -> Result<Vec<Membership>>;
+}
 
-    // messages and inboxes
-    /// Write messages (idempotent by id).
-    async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()>;
-    async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>>;
+/// The store port, each user's inbox: own rows merged with the audience messages they see.
+#[async_trait]
+pub trait Inbox: Statuses {
     /// Append inbox rows, one per (tenant, user, message id); results in input order.
     async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>>;
     /// Newest first, visible rows and audience messages with `seq < before` (all when `None`).
@@ -286,8 +299,11 @@ pub trait Store: Send + Sync + 'static {
     /// Mark every unread row read, and every audience message posted so far (one write);
     /// returns how many changed (audience messages counted up to [`UNREAD_CAP`]).
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64>;
+}
 
-    // delivery status
+/// The store port, per (message, user, channel) delivery statuses.
+#[async_trait]
+pub trait Statuses: Send + Sync {
     /// Upsert statuses of `(message, user, channel)`; a state never moves back from a later one
     /// (delivered, read, failed) to pending or retrying.
     async fn put_delivery_status(
@@ -297,8 +313,11 @@ pub trait Store: Send + Sync + 'static {
         statuses: &[DeliveryStatus],
     ) -> Result<()>;
     async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>>;
+}
 
-    // dead letters
+/// The store port, the tenant's dead-letter queue.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
     /// Write an entry; an entry with the same id is replaced (ids are derived from the
     /// delivery, [`DlqEntry::id_for`], so a redelivered failure is one entry).
     async fn dlq_put(&self, entry: &DlqEntry) -> Result<()>;
@@ -314,7 +333,20 @@ pub trait Store: Send + Sync + 'static {
     /// Remove an entry after its replay is on the bus, only if it is still the failure that
     /// was replayed (`failed_at_ms`): a new failure of the replay keeps its entry.
     async fn dlq_remove(&self, tenant: &str, id: &str, failed_at_ms: i64) -> Result<bool>;
+}
 
+/// Every aggregate of the store port, as one backend implements them.
+#[async_trait]
+pub trait Store:
+    Tenants + Directory + Templates + Idempotency + Messages + Inbox + Statuses + DeadLetters + 'static
+{
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> Result<()>;
+}
+
+/// The traits of the store port, to call them on `dyn Store`.
+pub mod prelude {
+    pub use super::{
+        DeadLetters, Directory, Idempotency, Inbox, Messages, Statuses, Store, Templates, Tenants,
+    };
 }

@@ -17,9 +17,13 @@ pub struct User {
 /// Check `token` against the secret of the tenant it names.
 pub async fn verify(ctx: &Context, token: &str) -> Result<User> {
     let tid = unverified_tenant(token)?;
-    let tenant = ctx.store.tenant(&tid).await?.ok_or_else(|| {
-        Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
-    })?;
+    let tenant = ctx
+        .hot
+        .tenant(ctx.store.as_ref(), &tid)
+        .await?
+        .ok_or_else(|| {
+            Error::unauthorized("auth_invalid_token", "the token names an unknown tenant")
+        })?;
     let max = ctx.config.auth.max_token_lifetime_seconds;
     let (claims, expires_at, credential) = match verify_user_token(token, &tenant.jwt_secret, max) {
         // within a rotation's overlap, tokens signed with the replaced secret still count,

@@ -164,6 +164,7 @@ async fn rotate_tenant(
             }),
         )
         .await?;
+    ctx.hot.forget_tenant(&tenant.id);
     tracing::info!(tenant = %tenant.id, overlap, "tenant credentials rotated");
     // connections verified by a secret no longer valid close now (4001: reconnect with a
     // fresh token), again shortly after (one verified just before the rotation may attach
@@ -227,6 +228,7 @@ async fn set_disabled(
             }),
         )
         .await?;
+    ctx.hot.forget_tenant(&tenant.id);
     if disabled {
         let closed = ctx.presence.close_tenant(
             &tenant.id,
@@ -265,7 +267,7 @@ async fn set_webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let req: WebhookBody = body_json(body, limit(&ctx))?;
     if let Some(u) = &req.url {
         check_url(&ctx, u)?;
@@ -284,6 +286,7 @@ async fn set_webhook(
             }),
         )
         .await?;
+    ctx.hot.forget_tenant(&tenant.id);
     Ok(Json(
         json!({"url": tenant.webhook_url, "secret": tenant.webhook_secret}),
     ))
@@ -295,7 +298,7 @@ async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let result = async {
-        let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+        let tenant = tenant_of(&ctx, &headers).await?;
         let body: SendBody = body_json(body, limit(&ctx))?;
         let req = validate(&ctx, &ctx.templates, &tenant, body).await?;
         accept(&ctx, req).await
@@ -321,7 +324,7 @@ async fn message(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let m = ctx.store.message(&tenant.id, &id).await?.ok_or_else(|| {
         Error::not_found("message_not_found", format!("no routed message `{id}`"))
     })?;
@@ -361,7 +364,7 @@ async fn put_user(
     Path(user): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let profile: UserProfile = body_json(body, limit(&ctx))?;
     ctx.store.upsert_user(&tenant.id, &user, &profile).await?;
     publish_members(&ctx, &tenant.id, &user).await?;
@@ -373,7 +376,7 @@ async fn get_user(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let profile =
         ctx.store.user(&tenant.id, &user).await?.ok_or_else(|| {
             Error::not_found("user_not_found", format!("user `{user}` is not known"))
@@ -389,7 +392,7 @@ async fn subscribe(
     headers: HeaderMap,
     Path((topic, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     ctx.store.subscribe(&tenant.id, &topic, &user).await?;
     publish_members(&ctx, &tenant.id, &user).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -400,7 +403,7 @@ async fn unsubscribe(
     headers: HeaderMap,
     Path((topic, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     if ctx.store.unsubscribe(&tenant.id, &topic, &user).await? {
         publish_members(&ctx, &tenant.id, &user).await?;
         Ok(StatusCode::NO_CONTENT)
@@ -419,13 +422,14 @@ async fn put_template(
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let mut tpl: Template = body_json(body, limit(&ctx))?;
     template::check(&tpl)?;
     // a template over a bound whatever the data is refused now, not at its first send
     ctx.render(&tenant.id, &tpl, &json!({}), None, template::Mode::Trial)
         .await?;
     tpl.version = ctx.store.put_template(&tenant.id, &key, &tpl).await?;
+    ctx.hot.forget_template(&tenant.id, &key);
     Ok(Json(
         json!({"key": key, "version": tpl.version, "template": tpl}),
     ))
@@ -436,7 +440,7 @@ async fn get_template(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| {
         Error::not_found(
             "template_not_found",
@@ -461,7 +465,7 @@ async fn preview(
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let req: PreviewBody = body_json(body, limit(&ctx))?;
     let tpl = ctx.store.template(&tenant.id, &key).await?.ok_or_else(|| {
         Error::not_found(
@@ -495,7 +499,7 @@ async fn dlq_list(
     headers: HeaderMap,
     q: Result<Query<DlqQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = ctx
@@ -520,7 +524,7 @@ async fn dlq_replay(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let tenant = tenant_of(ctx.store.as_ref(), &headers).await?;
+    let tenant = tenant_of(&ctx, &headers).await?;
     let entry =
         ctx.store.dlq_get(&tenant.id, &id).await?.ok_or_else(|| {
             Error::not_found("dlq_entry_not_found", format!("no dead letter `{id}`"))

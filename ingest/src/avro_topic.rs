@@ -86,12 +86,16 @@ impl Handler for IngestTopic {
                 }
             };
             let req = &req;
-            let tenant = ctx.store.tenant(&req.tenant_id).await?.ok_or_else(|| {
-                Error::invalid(
-                    "tenant_not_found",
-                    format!("tenant `{}` does not exist", req.tenant_id),
-                )
-            })?;
+            let tenant = ctx
+                .hot
+                .tenant(ctx.store.as_ref(), &req.tenant_id)
+                .await?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "tenant_not_found",
+                        format!("tenant `{}` does not exist", req.tenant_id),
+                    )
+                })?;
             if tenant.disabled {
                 return Err(tidings_core::http::tenant_disabled());
             }

@@ -119,12 +119,16 @@ pub async fn validate(
     }
     let template_version = match &body.template {
         Some(key) => {
-            let tpl = ctx.store.template(&tenant.id, key).await?.ok_or_else(|| {
-                Error::invalid(
-                    "template_not_found",
-                    format!("template `{key}` does not exist"),
-                )
-            })?;
+            let tpl = ctx
+                .hot
+                .template(ctx.store.as_ref(), &tenant.id, key)
+                .await?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "template_not_found",
+                        format!("template `{key}` does not exist"),
+                    )
+                })?;
             renderer
                 .render(
                     &tenant.id,

@@ -39,7 +39,12 @@ struct Prepared {
 
 async fn prepare(ctx: &Context, req: NotificationRequest) -> Result<Prepared> {
     tidings_core::fail_point_error("router.prepare")?;
-    if ctx.store.tenant(&req.tenant_id).await?.is_none() {
+    if ctx
+        .hot
+        .tenant(ctx.store.as_ref(), &req.tenant_id)
+        .await?
+        .is_none()
+    {
         return Err(Error::invalid(
             "tenant_not_found",
             format!("tenant `{}` is gone", req.tenant_id),
@@ -49,8 +54,16 @@ async fn prepare(ctx: &Context, req: NotificationRequest) -> Result<Prepared> {
         Some(key) => {
             // the version ingest validated (requests from before versions: the latest)
             let tpl = match req.template_version {
-                Some(v) => ctx.store.template_version(&req.tenant_id, key, v).await?,
-                None => ctx.store.template(&req.tenant_id, key).await?,
+                Some(v) => {
+                    ctx.hot
+                        .template_version(ctx.store.as_ref(), &req.tenant_id, key, v)
+                        .await?
+                }
+                None => {
+                    ctx.hot
+                        .template(ctx.store.as_ref(), &req.tenant_id, key)
+                        .await?
+                }
             }
             .ok_or_else(|| {
                 Error::invalid("template_not_found", format!("template `{key}` is gone"))

@@ -68,6 +68,7 @@ fn open(config: Config) -> anyhow::Result<Context> {
         templates: Arc::new(
             renderer(&config, false)?.with_tenant_bound(config.templates.workers.div_ceil(2)),
         ),
+        hot: Arc::default(),
         route_templates: Arc::new(renderer(&config, true)?),
         bus: tidings_bus::open(&config).map_err(err)?,
         store: tidings_store::open(&config).map_err(err)?,

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
 use tidings_core::model::*;
+use tidings_core::store::prelude::*;
 use tidings_core::store::{
     AppendedRow, AudiencePost, AudienceSummary, Claim, Membership, NewInboxRow, Page, Posted,
     Settle, Store, TenantChange,
@@ -296,7 +297,7 @@ fn touch_in(txn: &WriteTransaction, tenant: &str, user: &str) -> Result<()> {
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
+impl Tenants for EmbeddedStore {
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()> {
         let tenant = tenant.clone();
         self.engine
@@ -378,7 +379,10 @@ impl Store for EmbeddedStore {
             None => Ok(None),
         }
     }
+}
 
+#[async_trait]
+impl Directory for EmbeddedStore {
     async fn upsert_user(&self, tenant: &str, user: &str, profile: &UserProfile) -> Result<()> {
         let (tenant, user, profile) = (tenant.to_string(), user.to_string(), profile.clone());
         self.engine
@@ -532,6 +536,13 @@ impl Store for EmbeddedStore {
         Ok(self.page3(USER_SUBS, tenant, user, None, usize::MAX)?.items)
     }
 
+    async fn memberships(&self, tenant: &str, user: &str) -> Result<Vec<Membership>> {
+        audience::memberships(&self.engine.read()?, tenant, user)
+    }
+}
+
+#[async_trait]
+impl Templates for EmbeddedStore {
     async fn put_template(&self, tenant: &str, key: &str, template: &Template) -> Result<u64> {
         let (tenant, key, mut template) = (tenant.to_string(), key.to_string(), template.clone());
         self.engine
@@ -573,6 +584,10 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>> {
+        self.get2(TEMPLATES, tenant, key)
+    }
+
     async fn template_version(
         &self,
         tenant: &str,
@@ -588,11 +603,10 @@ impl Store for EmbeddedStore {
         let latest: Option<Template> = self.get2(TEMPLATES, tenant, key)?;
         Ok(latest.filter(|l| l.version.max(1) == version))
     }
+}
 
-    async fn template(&self, tenant: &str, key: &str) -> Result<Option<Template>> {
-        self.get2(TEMPLATES, tenant, key)
-    }
-
+#[async_trait]
+impl Idempotency for EmbeddedStore {
     async fn claim_idempotency(
         &self,
         tenant: &str,
@@ -676,7 +690,10 @@ impl Store for EmbeddedStore {
             })
             .await
     }
+}
 
+#[async_trait]
+impl Messages for EmbeddedStore {
     async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()> {
         let rows: Vec<(String, String, Vec<u8>)> = messages
             .iter()
@@ -698,6 +715,24 @@ impl Store for EmbeddedStore {
         self.get2(MESSAGES, tenant, message_id)
     }
 
+    async fn post_audience(&self, post: &AudiencePost) -> Result<Posted> {
+        let post = post.clone();
+        self.engine
+            .write(move |txn| audience::post(txn, &post))
+            .await
+    }
+
+    async fn audience_message(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<Option<AudienceSummary>> {
+        audience::summary(&self.engine.read()?, tenant, message_id)
+    }
+}
+
+#[async_trait]
+impl Inbox for EmbeddedStore {
     async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>> {
         let rows = rows.to_vec();
         self.engine
@@ -828,80 +863,6 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64> {
-        // own rows one by one (their statuses are per row), audience messages by one read mark
-        let (ids, shared): (Vec<String>, u64) = {
-            let r = self.engine.read()?;
-            let idx = r.open_table(INBOX).map_err(storage_err)?;
-            let mut ids = Vec::new();
-            for row in idx
-                .range((tenant, user, 0)..=(tenant, user, u64::MAX))
-                .map_err(storage_err)?
-            {
-                let (_, v) = row.map_err(storage_err)?;
-                let item: InboxItem = from_json(v.value())?;
-                if item.status.is_unread() {
-                    ids.push(item.message_id);
-                }
-            }
-            (ids, audience::unread(&r, tenant, user)?)
-        };
-        let (tenant, user) = (tenant.to_string(), user.to_string());
-        let own = self
-            .engine
-            .write(move |txn| {
-                let mut counts = audience::Counts::new();
-                let changed =
-                    set_inbox_status_in(txn, &tenant, &user, &ids, InboxStatus::Read, &mut counts)?;
-                audience::add_counts(txn, counts)?;
-                audience::read_all(txn, &tenant, &user)?;
-                Ok(changed.len() as u64)
-            })
-            .await?;
-        Ok(own + shared)
-    }
-
-    async fn post_audience(&self, post: &AudiencePost) -> Result<Posted> {
-        let post = post.clone();
-        self.engine
-            .write(move |txn| audience::post(txn, &post))
-            .await
-    }
-
-    async fn audience_message(
-        &self,
-        tenant: &str,
-        message_id: &str,
-    ) -> Result<Option<AudienceSummary>> {
-        audience::summary(&self.engine.read()?, tenant, message_id)
-    }
-
-    async fn memberships(&self, tenant: &str, user: &str) -> Result<Vec<Membership>> {
-        audience::memberships(&self.engine.read()?, tenant, user)
-    }
-
-    async fn put_delivery_status(
-        &self,
-        tenant: &str,
-        message_id: &str,
-        statuses: &[DeliveryStatus],
-    ) -> Result<()> {
-        let (tenant, id, statuses) = (
-            tenant.to_string(),
-            message_id.to_string(),
-            statuses.to_vec(),
-        );
-        self.engine
-            .write(move |txn| {
-                let mut t = txn.open_table(STATUS).map_err(storage_err)?;
-                for s in &statuses {
-                    put_status_in(&mut t, &tenant, &id, s)?;
-                }
-                Ok(())
-            })
-            .await
-    }
-
     async fn settle_inapp(
         &self,
         tenant: &str,
@@ -949,6 +910,64 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64> {
+        // own rows one by one (their statuses are per row), audience messages by one read mark
+        let (ids, shared): (Vec<String>, u64) = {
+            let r = self.engine.read()?;
+            let idx = r.open_table(INBOX).map_err(storage_err)?;
+            let mut ids = Vec::new();
+            for row in idx
+                .range((tenant, user, 0)..=(tenant, user, u64::MAX))
+                .map_err(storage_err)?
+            {
+                let (_, v) = row.map_err(storage_err)?;
+                let item: InboxItem = from_json(v.value())?;
+                if item.status.is_unread() {
+                    ids.push(item.message_id);
+                }
+            }
+            (ids, audience::unread(&r, tenant, user)?)
+        };
+        let (tenant, user) = (tenant.to_string(), user.to_string());
+        let own = self
+            .engine
+            .write(move |txn| {
+                let mut counts = audience::Counts::new();
+                let changed =
+                    set_inbox_status_in(txn, &tenant, &user, &ids, InboxStatus::Read, &mut counts)?;
+                audience::add_counts(txn, counts)?;
+                audience::read_all(txn, &tenant, &user)?;
+                Ok(changed.len() as u64)
+            })
+            .await?;
+        Ok(own + shared)
+    }
+}
+
+#[async_trait]
+impl Statuses for EmbeddedStore {
+    async fn put_delivery_status(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        statuses: &[DeliveryStatus],
+    ) -> Result<()> {
+        let (tenant, id, statuses) = (
+            tenant.to_string(),
+            message_id.to_string(),
+            statuses.to_vec(),
+        );
+        self.engine
+            .write(move |txn| {
+                let mut t = txn.open_table(STATUS).map_err(storage_err)?;
+                for s in &statuses {
+                    put_status_in(&mut t, &tenant, &id, s)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>> {
         let r = self.engine.read()?;
         let t = r.open_table(STATUS).map_err(storage_err)?;
@@ -966,7 +985,10 @@ impl Store for EmbeddedStore {
         }
         Ok(out)
     }
+}
 
+#[async_trait]
+impl DeadLetters for EmbeddedStore {
     async fn dlq_put(&self, entry: &DlqEntry) -> Result<()> {
         let (tenant, id, raw) = (entry.tenant_id.clone(), entry.id.clone(), to_json(entry)?);
         self.engine
@@ -1026,7 +1048,10 @@ impl Store for EmbeddedStore {
             })
             .await
     }
+}
 
+#[async_trait]
+impl Store for EmbeddedStore {
     async fn ready(&self) -> Result<()> {
         self.engine.ready()?;
         self.engine.read().map(|_| ())

@@ -288,7 +288,7 @@ async fn post_in_share(
         .acquire()
         .await
         .map_err(|_| tidings_core::Error::internal("lane closed"))?;
-    let tenant = ctx.store.tenant(&d.tenant_id).await?;
+    let tenant = ctx.hot.tenant(ctx.store.as_ref(), &d.tenant_id).await?;
     let span = tracing::info_span!("delivery", channel = "webhook");
     attempt(ctx, client, d, tenant).instrument(span).await
 }
