@@ -36,15 +36,16 @@ fi
 
 if [[ $group == all || $group == audiences ]]; then
   # issue 13: topic messages stored once and pushed once per connection, side by side with
-  # Centrifugo (whose clients do not ack: compare with no-ack); a broadcast to a tenant of
-  # 1,000,000 known users, 10,000 of them connected, with the store's size before and after
+  # Centrifugo in one run (its clients do not ack: compare it with no-ack); a broadcast to a
+  # tenant of 1,000,000 known users, 10,000 of them connected, with the store's size before
+  # and after. Labelled: the fanout group draws the plot.
   for n in 2000 "$big"; do
-    run tidings "$out/audience-topic-tidings-$n.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000
-    run tidings "$out/audience-topic-tidings-$n-no-ack.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label no-ack
-    run centrifugo "$out/audience-topic-centrifugo-$n.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000
+    run tidings "$out/audience-topic-tidings-$n.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000 --label audiences
+    run tidings "$out/audience-topic-tidings-$n-no-ack.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label audiences-no-ack
+    run centrifugo "$out/audience-topic-centrifugo-$n.json" --scenario topic --clients "$n" --connect-rate 5000 --messages 5 --interval-ms 1000 --label audiences
   done
-  run tidings "$out/audience-broadcast-1m-no-ack.json" --scenario broadcast --clients 10000 --known-users 1000000 --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label no-ack
-  run tidings "$out/audience-broadcast-1m.json" --scenario broadcast --clients 10000 --known-users 1000000 --connect-rate 5000 --messages 5 --interval-ms 1000
+  run tidings "$out/audience-broadcast-1m-no-ack.json" --scenario broadcast --clients 10000 --known-users 1000000 --connect-rate 5000 --messages 5 --interval-ms 1000 --no-ack --label audiences-no-ack
+  run tidings "$out/audience-broadcast-1m.json" --scenario broadcast --clients 10000 --known-users 1000000 --connect-rate 5000 --messages 5 --interval-ms 1000 --label audiences
 fi
 
 if [[ $group == all || $group == unicast ]]; then
