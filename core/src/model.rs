@@ -234,6 +234,13 @@ pub struct DeliveryEvent {
     pub error: Option<String>,
 }
 
+/// One audience a user is in now, and the first sequence they see in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub audience: Audience,
+    pub since_seq: u64,
+}
+
 /// A record of `<prefix>.audience` (the `AudienceRecord` Avro record), read whole by every
 /// delivery node.
 #[derive(Debug, Clone, PartialEq)]
@@ -255,7 +262,7 @@ pub enum AudienceRecord {
     Members {
         tenant_id: String,
         user_id: String,
-        memberships: Vec<(Audience, u64)>,
+        memberships: Vec<Membership>,
     },
 }
 

@@ -9,7 +9,7 @@
 //! whose queue is full is closed (its token cancelled) rather than blocking the publisher.
 
 use crate::error::Result;
-use crate::model::Audience;
+use crate::model::{Audience, Membership};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -141,7 +141,7 @@ pub trait Presence: Send + Sync + 'static {
     /// Set the audiences this node pushes the user's connections for, each with the first
     /// sequence the user sees in it (replacing what was set before); ignored for a user with
     /// no connection on this node.
-    fn set_memberships(&self, tenant: &str, user: &str, memberships: &[(Audience, u64)]);
+    fn set_memberships(&self, tenant: &str, user: &str, memberships: &[Membership]);
 
     /// Push one shared frame to every connection on this node of a user who is a member of one
     /// of `audiences` from `seq` or earlier, each connection once; returns how many took it.

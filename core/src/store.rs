@@ -1,22 +1,26 @@
-//! The store port: tenants, users, subscriptions, templates, idempotency keys, messages,
-//! per-user inboxes, delivery status and the dead-letter queue.
+//! The store port, one trait per aggregate: [`Tenants`], [`Directory`] (users, tags,
+//! subscriptions, memberships), [`Templates`], [`Idempotency`], [`Messages`] (routed messages
+//! and audience messages), [`Inbox`], [`Statuses`] and [`DeadLetters`]. A backend implements
+//! all of them and [`Store`]; stages hold an `Arc<dyn Store>` and call any of them on it.
+//! Implementors import [`prelude`]. The conformance suite (`crate::conformance`, feature
+//! `testsuite`) has one function per guarantee.
 //!
 //! What every backend guarantees:
 //! - **Durable writes.** A call returns only once what it wrote survives a `kill -9`.
 //! - **Audiences are written once.** A message to topics, tags or the whole tenant is one
-//!   timeline entry per audience ([`Store::post_audience`]), not one row per recipient. Who
+//!   timeline entry per audience ([`Messages::post_audience`]), not one row per recipient. Who
 //!   sees it is decided by membership history: a user sees an audience message if they were a
 //!   member when it was posted (a user who joins later does not see it, one who leaves later
 //!   keeps it). Reads, acks and deletes of audience messages are stored only for the users who
 //!   act, and "read all" is one write per user (a read watermark).
 //! - **One order per user.** A user's own rows and the audience messages they see share one
 //!   sequence space: every inbox method merges them by sequence, each message once.
-//! - **Idempotent inbox.** [`Store::append_inbox`] writes at most one row per
+//! - **Idempotent inbox.** [`Inbox::append_inbox`] writes at most one row per
 //!   `(tenant, user, message_id)`; a repeated append returns the existing row's sequence with
 //!   `fresh == false`, so at-least-once upstream never shows a user a message twice.
 //! - **Growing sequences.** Each new inbox row of a user, and each audience message posted
 //!   after it, gets a sequence greater than every earlier one the user can see. Resume reads by
-//!   sequence ([`Store::inbox_after`]).
+//!   sequence ([`Inbox::inbox_after`]).
 //! - **Forward-only status.** An inbox row moves unread → delivered → read; deleted hides it.
 //!   Setting an earlier status is a no-op.
 //! - **Tenant isolation.** Every key starts with the tenant id; no call crosses tenants.
@@ -42,7 +46,7 @@ pub struct AppendedRow {
     pub fresh: bool,
 }
 
-/// A message written once for its audiences, for [`Store::post_audience`].
+/// A message written once for its audiences, for [`Messages::post_audience`].
 #[derive(Debug, Clone)]
 pub struct AudiencePost {
     pub tenant_id: String,
@@ -76,14 +80,9 @@ pub struct AudienceSummary {
     pub read: u64,
 }
 
-/// One audience a user is in now, and the first sequence they see in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Membership {
-    pub audience: Audience,
-    pub since_seq: u64,
-}
+pub use crate::model::Membership;
 
-/// One user's ack or read of some messages, for [`Store::settle_many`].
+/// One user's ack or read of some messages, for [`Inbox::settle_many`].
 #[derive(Debug, Clone)]
 pub struct Settle {
     pub tenant_id: String,
@@ -98,7 +97,7 @@ pub struct Settle {
 /// Unread counts stop here: past it a client shows "999+".
 pub const UNREAD_CAP: u64 = 999;
 
-/// An edit of a stored tenant, for [`Store::modify_tenant`].
+/// An edit of a stored tenant, for [`Tenants::modify_tenant`].
 pub type TenantChange = Box<dyn FnOnce(&mut Tenant) -> Result<()> + Send>;
 
 /// Result of claiming an idempotency key.
@@ -284,7 +283,7 @@ pub trait Inbox: Statuses {
         }
         Ok(changed)
     }
-    /// [`Store::settle_inapp`] for many users at once, in one write where the backend can
+    /// [`Inbox::settle_inapp`] for many users at once, in one write where the backend can
     /// (the acks of a fan-out arrive together); the ids that changed, in input order.
     async fn settle_many(&self, batch: &[Settle]) -> Result<Vec<Vec<String>>> {
         let mut out = Vec::with_capacity(batch.len());

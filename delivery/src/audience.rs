@@ -99,13 +99,7 @@ fn apply(ctx: &Context, r: &AudienceRecord) {
 
 /// Load the audiences of a user who just connected here into the index.
 pub async fn load_members(ctx: &Context, tenant: &str, user: &str) -> Result<()> {
-    let memberships: Vec<_> = ctx
-        .store
-        .memberships(tenant, user)
-        .await?
-        .into_iter()
-        .map(|m| (m.audience, m.since_seq))
-        .collect();
+    let memberships = ctx.store.memberships(tenant, user).await?;
     ctx.presence.set_memberships(tenant, user, &memberships);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! A fan-out to thousands of connections brings their acks back at once. Each connection
 //! already folds its own consecutive acks into one write (`ws`); the settler folds those of all
 //! connections: whatever is waiting when the previous write finishes goes into one store write
-//! ([`Store::settle_many`](tidings_core::store::Store::settle_many)) and one append of the
+//! ([`Inbox::settle_many`](tidings_core::store::Inbox::settle_many)) and one append of the
 //! delivery events, and each caller gets its own answer. Under light load a write carries one
 //! ack, as before; under a fan-out the per-write cost is paid once per batch, not per user.
 

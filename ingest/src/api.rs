@@ -577,13 +577,7 @@ async fn dlq_replay(
 /// Tell every delivery node the audiences `user` is in now (after the store changed them), on
 /// `<prefix>.audience`: their indexes of who is in which audience follow it.
 async fn publish_members(ctx: &Context, tenant: &str, user: &str) -> tidings_core::Result<()> {
-    let memberships = ctx
-        .store
-        .memberships(tenant, user)
-        .await?
-        .into_iter()
-        .map(|m| (m.audience, m.since_seq))
-        .collect();
+    let memberships = ctx.store.memberships(tenant, user).await?;
     let r = AudienceRecord::Members {
         tenant_id: tenant.to_string(),
         user_id: user.to_string(),

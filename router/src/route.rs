@@ -1,7 +1,7 @@
 //! Routing a batch of requests: render, write the message, and deliver it.
 //!
 //! - In-app to audiences (topics, tags, the whole tenant): the message is written once for its
-//!   audiences ([`Store::post_audience`](tidings_core::store::Store::post_audience)) and pushed
+//!   audiences ([`Messages::post_audience`](tidings_core::store::Messages::post_audience)) and pushed
 //!   with one record on `<prefix>.audience`, whatever the audience's size; users the request
 //!   lists by name get rows and deliveries of their own.
 //! - Everything else (listed users, and the external channels of audience messages): expand
@@ -35,6 +35,61 @@ struct Prepared {
     title: String,
     body: String,
     payload: Option<String>,
+}
+
+impl Prepared {
+    /// The message as an inbox item (its sequence is the store's to assign).
+    fn item(&self) -> InboxItem {
+        InboxItem {
+            message_id: self.req.message_id.clone(),
+            seq: 0,
+            title: self.title.clone(),
+            body: self.body.clone(),
+            data: self.req.data.clone(),
+            priority: self.req.priority,
+            category: self.req.category.clone(),
+            status: InboxStatus::Unread,
+            created_at_ms: self.req.accepted_at_ms,
+        }
+    }
+
+    /// The first attempt of its delivery to `user` on `channel`.
+    fn delivery(&self, user: &str, channel: Channel, seq: u64) -> Delivery {
+        Delivery {
+            tenant_id: self.req.tenant_id.clone(),
+            message_id: self.req.message_id.clone(),
+            user_id: user.to_string(),
+            channel,
+            seq,
+            priority: self.req.priority,
+            category: self.req.category.clone(),
+            title: self.title.clone(),
+            body: self.body.clone(),
+            data: self.req.data.clone(),
+            payload: if channel == Channel::Webhook {
+                self.payload.clone()
+            } else {
+                None
+            },
+            created_at_ms: self.req.accepted_at_ms,
+            accepted_at_ms: self.req.accepted_at_ms,
+            attempt: 0,
+            due_at_ms: 0,
+            last_error: None,
+        }
+    }
+
+    /// `user`'s status on `channel` before the first attempt.
+    fn pending(user: &str, channel: Channel, now: i64) -> DeliveryStatus {
+        DeliveryStatus {
+            user_id: user.to_string(),
+            channel,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            last_error: None,
+            updated_at_ms: now,
+        }
+    }
 }
 
 async fn prepare(ctx: &Context, req: NotificationRequest) -> Result<Prepared> {
@@ -266,23 +321,12 @@ async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<Pen
     if posts.is_empty() {
         return Ok(None);
     }
-    let item = |p: &Prepared| InboxItem {
-        message_id: p.req.message_id.clone(),
-        seq: 0,
-        title: p.title.clone(),
-        body: p.body.clone(),
-        data: p.req.data.clone(),
-        priority: p.req.priority,
-        category: p.req.category.clone(),
-        status: InboxStatus::Unread,
-        created_at_ms: p.req.accepted_at_ms,
-    };
     let posted = try_join_all(posts.iter().map(|p| {
         let post = AudiencePost {
             tenant_id: p.req.tenant_id.clone(),
             audiences: Audience::of(&p.req.to),
             listed: p.req.to.users.clone(),
-            item: item(p),
+            item: p.item(),
         };
         async move { ctx.store.post_audience(&post).await }
     }))
@@ -298,14 +342,7 @@ async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<Pen
                     .to
                     .users
                     .iter()
-                    .map(|u| DeliveryStatus {
-                        user_id: u.clone(),
-                        channel: Channel::Inapp,
-                        state: DeliveryState::Pending,
-                        attempts: 0,
-                        last_error: None,
-                        updated_at_ms: now,
-                    })
+                    .map(|u| Prepared::pending(u, Channel::Inapp, now))
                     .collect();
                 async move {
                     ctx.store
@@ -318,7 +355,7 @@ async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<Pen
     let codec = tidings_schemas::codec();
     let mut out = Vec::new();
     for (p, at) in posts.iter().zip(&posted) {
-        let mut it = item(p);
+        let mut it = p.item();
         it.seq = at.seq;
         let push = AudienceRecord::Push {
             tenant_id: p.req.tenant_id.clone(),
@@ -339,24 +376,7 @@ async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<Pen
         listed.sort();
         listed.dedup();
         for u in listed {
-            let d = Delivery {
-                tenant_id: p.req.tenant_id.clone(),
-                message_id: p.req.message_id.clone(),
-                user_id: u,
-                channel: Channel::Inapp,
-                seq: at.seq,
-                priority: p.req.priority,
-                category: p.req.category.clone(),
-                title: p.title.clone(),
-                body: p.body.clone(),
-                data: p.req.data.clone(),
-                payload: None,
-                created_at_ms: p.req.accepted_at_ms,
-                accepted_at_ms: p.req.accepted_at_ms,
-                attempt: 0,
-                due_at_ms: 0,
-                last_error: None,
-            };
+            let d = p.delivery(&u, Channel::Inapp, at.seq);
             metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => "inapp").increment(1);
             out.push(OutRecord::new(
                 ctx.deliveries_topic(Channel::Inapp, p.req.priority),
@@ -500,17 +520,7 @@ async fn flush(
             NewInboxRow {
                 tenant_id: p.req.tenant_id.clone(),
                 user_id: u.clone(),
-                item: InboxItem {
-                    message_id: p.req.message_id.clone(),
-                    seq: 0,
-                    title: p.title.clone(),
-                    body: p.body.clone(),
-                    data: p.req.data.clone(),
-                    priority: p.req.priority,
-                    category: p.req.category.clone(),
-                    status: InboxStatus::Unread,
-                    created_at_ms: p.req.accepted_at_ms,
-                },
+                item: p.item(),
             }
         })
         .collect();
@@ -533,16 +543,7 @@ async fn flush(
         let p = &prepared[*i];
         let st: Vec<DeliveryStatus> = users
             .iter()
-            .flat_map(|u| {
-                p.req.channels.iter().map(|c| DeliveryStatus {
-                    user_id: u.to_string(),
-                    channel: *c,
-                    state: DeliveryState::Pending,
-                    attempts: 0,
-                    last_error: None,
-                    updated_at_ms: now,
-                })
-            })
+            .flat_map(|u| p.req.channels.iter().map(|c| Prepared::pending(u, *c, now)))
             .collect();
         async move {
             ctx.store
@@ -561,28 +562,7 @@ async fn flush(
     for (i, u) in &pairs {
         let p = &prepared[*i];
         for c in &p.req.channels {
-            let d = Delivery {
-                tenant_id: p.req.tenant_id.clone(),
-                message_id: p.req.message_id.clone(),
-                user_id: u.clone(),
-                channel: *c,
-                seq: seq_of.get(&(*i, u.as_str())).copied().unwrap_or(0),
-                priority: p.req.priority,
-                category: p.req.category.clone(),
-                title: p.title.clone(),
-                body: p.body.clone(),
-                data: p.req.data.clone(),
-                payload: if *c == Channel::Webhook {
-                    p.payload.clone()
-                } else {
-                    None
-                },
-                created_at_ms: p.req.accepted_at_ms,
-                accepted_at_ms: p.req.accepted_at_ms,
-                attempt: 0,
-                due_at_ms: 0,
-                last_error: None,
-            };
+            let d = p.delivery(u, *c, seq_of.get(&(*i, u.as_str())).copied().unwrap_or(0));
             metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => c.as_str()).increment(1);
             out.push(OutRecord::new(
                 ctx.deliveries_topic(*c, p.req.priority),

@@ -443,7 +443,8 @@ impl Codec {
                 user_id,
                 memberships,
             } => {
-                let audiences: Vec<Audience> = memberships.iter().map(|(a, _)| a.clone()).collect();
+                let audiences: Vec<Audience> =
+                    memberships.iter().map(|m| m.audience.clone()).collect();
                 rec(vec![
                     ("tenant_id", s(tenant_id)),
                     ("kind", Value::Enum(1, "members".into())),
@@ -453,7 +454,7 @@ impl Codec {
                         Value::Array(
                             memberships
                                 .iter()
-                                .map(|(_, q)| Value::Long(*q as i64))
+                                .map(|m| Value::Long(m.since_seq as i64))
                                 .collect(),
                         ),
                     ),
@@ -503,7 +504,14 @@ impl Codec {
                 Ok(AudienceRecord::Members {
                     tenant_id: f.str("tenant_id")?,
                     user_id: f.str("user_id")?,
-                    memberships: audiences.into_iter().zip(since).collect(),
+                    memberships: audiences
+                        .into_iter()
+                        .zip(since)
+                        .map(|(audience, since_seq)| Membership {
+                            audience,
+                            since_seq,
+                        })
+                        .collect(),
                 })
             }
             other => Err(bad(format!("audience record kind `{other}`"))),
@@ -618,7 +626,16 @@ mod tests {
             AudienceRecord::Members {
                 tenant_id: "t".into(),
                 user_id: "u".into(),
-                memberships: vec![(Audience::Tag("vip".into()), 3), (Audience::Everyone, 1)],
+                memberships: vec![
+                    Membership {
+                        audience: Audience::Tag("vip".into()),
+                        since_seq: 3,
+                    },
+                    Membership {
+                        audience: Audience::Everyone,
+                        since_seq: 1,
+                    },
+                ],
             },
         ] {
             assert_eq!(c.decode_audience(&c.encode_audience(&r)).unwrap(), r);

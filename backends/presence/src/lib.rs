@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tidings_core::config::Config;
 use tidings_core::metrics_names::DELIVERY_SLOW_CLOSED_TOTAL;
-use tidings_core::model::Audience;
+use tidings_core::model::{Audience, Membership};
 use tidings_core::presence::{ConnId, ConnSink, Offer, Presence, Push};
 use tidings_core::{Error, Result};
 
@@ -177,12 +177,15 @@ impl Presence for LocalPresence {
         }
     }
 
-    fn set_memberships(&self, tenant: &str, user: &str, memberships: &[(Audience, u64)]) {
+    fn set_memberships(&self, tenant: &str, user: &str, memberships: &[Membership]) {
         let mut ix = self.index.write().expect("audience index lock");
         let Some(member) = ix.users.get_mut(&(tenant.to_string(), user.to_string())) else {
             return;
         };
-        let new: Vec<(String, u64)> = memberships.iter().map(|(a, s)| (a.key(), *s)).collect();
+        let new: Vec<(String, u64)> = memberships
+            .iter()
+            .map(|m| (m.audience.key(), m.since_seq))
+            .collect();
         let old = std::mem::replace(&mut member.audiences, new.clone());
         let conns = member.conns.clone();
         let ids: Vec<ConnId> = conns.iter().map(|(c, _)| *c).collect();
@@ -313,6 +316,15 @@ mod tests {
         Audience::Topic(n.into())
     }
 
+    fn member(of: &[(&str, u64)]) -> Vec<Membership> {
+        of.iter()
+            .map(|(t, since_seq)| Membership {
+                audience: topic(t),
+                since_seq: *since_seq,
+            })
+            .collect()
+    }
+
     /// An audience push reaches each connection of its members once, from their first
     /// sequence on, and follows connects, disconnects and membership changes.
     #[tokio::test]
@@ -322,11 +334,11 @@ mod tests {
         let (a2, mut ra2) = sink(8);
         let (b, mut rb) = sink(8);
         let a1_id = p.attach("t", "a", a1);
-        p.set_memberships("t", "a", &[(topic("x"), 1), (topic("y"), 1)]);
+        p.set_memberships("t", "a", &member(&[("x", 1), ("y", 1)]));
         // a second connection of a known user joins their audiences at once
         p.attach("t", "a", a2);
         p.attach("t", "b", b);
-        p.set_memberships("t", "b", &[(topic("x"), 5)]);
+        p.set_memberships("t", "b", &member(&[("x", 5)]));
         // before b's first sequence: a's two connections only, each once for two audiences
         assert_eq!(
             p.push_audience("t", &[topic("x"), topic("y")], 3, push("m1")),
@@ -339,8 +351,8 @@ mod tests {
             "tenants are apart"
         );
         // memberships are replaced, and unknown users ignored
-        p.set_memberships("t", "b", &[(topic("y"), 6)]);
-        p.set_memberships("t", "nobody", &[(topic("x"), 1)]);
+        p.set_memberships("t", "b", &member(&[("y", 6)]));
+        p.set_memberships("t", "nobody", &member(&[("x", 1)]));
         assert_eq!(p.push_audience("t", &[topic("x")], 7, push("m4")), 2);
         p.detach("t", "a", a1_id);
         assert_eq!(p.push_audience("t", &[topic("y")], 8, push("m5")), 2);

@@ -114,6 +114,14 @@ pub(super) fn init(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// The user's read mark: every audience message up to it is read.
+fn read_mark_of(rm: &impl ReadableTable<Key2, u64>, t: &str, u: &str) -> Result<u64> {
+    Ok(rm
+        .get((t, u))
+        .map_err(storage_err)?
+        .map_or(0, |v| v.value()))
+}
+
 /// The last sequence given out.
 fn counter(txn: &WriteTransaction) -> Result<u64> {
     let meta = txn.open_table(META).map_err(storage_err)?;
@@ -203,7 +211,7 @@ fn add_size(txn: &WriteTransaction, t: &str, key: &str, delta: i64) -> Result<()
     Ok(())
 }
 
-/// Write an audience message once (see [`tidings_core::store::Store::post_audience`]).
+/// Write an audience message once (see [`tidings_core::store::Messages::post_audience`]).
 pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
     let (t, id) = (p.tenant_id.as_str(), p.item.message_id.as_str());
     {
@@ -368,14 +376,7 @@ pub(super) fn set_status(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let read_mark = {
-        let rm = txn.open_table(READ_MARK).map_err(storage_err)?;
-        let v = rm
-            .get((t, u))
-            .map_err(storage_err)?
-            .map_or(0, |v| v.value());
-        v
-    };
+    let read_mark = read_mark_of(&txn.open_table(READ_MARK).map_err(storage_err)?, t, u)?;
     let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
     let members = txn.open_table(MEMBERS).map_err(storage_err)?;
     let mut marks = txn.open_table(MARKS).map_err(storage_err)?;
@@ -497,14 +498,7 @@ pub(super) fn scan(r: &ReadTransaction, t: &str, u: &str, s: Scan) -> Result<Vec
     let inbox = r.open_table(INBOX).map_err(storage_err)?;
     let tl = r.open_table(TIMELINE).map_err(storage_err)?;
     let marks = r.open_table(MARKS).map_err(storage_err)?;
-    let read_mark = {
-        let rm = r.open_table(READ_MARK).map_err(storage_err)?;
-        let v = rm
-            .get((t, u))
-            .map_err(storage_err)?
-            .map_or(0, |v| v.value());
-        v
-    };
+    let read_mark = read_mark_of(&r.open_table(READ_MARK).map_err(storage_err)?, t, u)?;
     // (range, own)
     let mut sources: Vec<(Range, bool)> = vec![(
         inbox.range((t, u, lo)..(t, u, hi)).map_err(storage_err)?,
@@ -579,14 +573,7 @@ pub(super) fn scan(r: &ReadTransaction, t: &str, u: &str, s: Scan) -> Result<Vec
 
 /// Unread audience messages the user sees (not counting own rows), up to [`UNREAD_CAP`].
 pub(super) fn unread(r: &ReadTransaction, t: &str, u: &str) -> Result<u64> {
-    let read_mark = {
-        let rm = r.open_table(READ_MARK).map_err(storage_err)?;
-        let v = rm
-            .get((t, u))
-            .map_err(storage_err)?
-            .map_or(0, |v| v.value());
-        v
-    };
+    let read_mark = read_mark_of(&r.open_table(READ_MARK).map_err(storage_err)?, t, u)?;
     let tl = r.open_table(TIMELINE).map_err(storage_err)?;
     let marks = r.open_table(MARKS).map_err(storage_err)?;
     let inbox = r.open_table(INBOX).map_err(storage_err)?;

@@ -235,34 +235,8 @@ impl Server {
 
     /// Make users `k0..k<n>` known to the tenant with an empty profile.
     async fn make_known(&self, n: usize, concurrency: usize) -> anyhow::Result<()> {
-        let next = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency.max(1) {
-            let (http, url, key, next) = (
-                self.http.clone(),
-                self.url.clone(),
-                self.key.clone(),
-                next.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if i >= n {
-                        return anyhow::Ok(());
-                    }
-                    http.put(format!("{url}/v1/users/k{i}"))
-                        .bearer_auth(&key)
-                        .json(&json!({}))
-                        .send()
-                        .await?
-                        .error_for_status()?;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        Ok(())
+        self.put_each(n, concurrency, |i| format!("/v1/users/k{i}"))
+            .await
     }
 
     /// Subscribe users `0..n` to the bench topic (tidings; Centrifugo clients subscribe
@@ -271,6 +245,19 @@ impl Server {
         if self.target != Target::Tidings {
             return Ok(());
         }
+        self.put_each(n, concurrency, |i| {
+            format!("/v1/topics/{CHANNEL}/subscribers/u{i}")
+        })
+        .await
+    }
+
+    /// `PUT {}` to `path(i)` for every `i` in `0..n`, `concurrency` at a time.
+    async fn put_each(
+        &self,
+        n: usize,
+        concurrency: usize,
+        path: fn(usize) -> String,
+    ) -> anyhow::Result<()> {
         let next = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for _ in 0..concurrency.max(1) {
@@ -286,8 +273,9 @@ impl Server {
                     if i >= n {
                         return anyhow::Ok(());
                     }
-                    http.put(format!("{url}/v1/topics/{CHANNEL}/subscribers/u{i}"))
+                    http.put(format!("{url}{}", path(i)))
                         .bearer_auth(&key)
+                        .json(&json!({}))
                         .send()
                         .await?
                         .error_for_status()?;
