@@ -376,21 +376,13 @@ async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<Pen
         listed.sort();
         listed.dedup();
         for u in listed {
-            let d = p.delivery(&u, Channel::Inapp, at.seq);
-            metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => "inapp").increment(1);
-            out.push(OutRecord::new(
-                ctx.deliveries_topic(Channel::Inapp, p.req.priority),
-                tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
-                codec.encode_delivery(&d),
+            out.push(delivery_record(
+                ctx,
+                &p.delivery(&u, Channel::Inapp, at.seq),
             ));
         }
     }
-    let bus = ctx.bus.clone();
-    let mut ack: PendingAck = Box::pin(async move { bus.append(out).await.map(|_| ()) });
-    match futures::poll!(ack.as_mut()) {
-        Poll::Ready(r) => r.map(|()| None),
-        Poll::Pending => Ok(Some(ack)),
-    }
+    place(ctx, out).await
 }
 
 /// Pages of recipients being written at once: their writes share group commits, and one
@@ -557,26 +549,35 @@ async fn flush(
     for ((i, u), a) in inbox_pairs.iter().zip(&seqs) {
         seq_of.insert((*i, u.as_str()), a.seq);
     }
-    let codec = tidings_schemas::codec();
     let mut out = Vec::new();
     for (i, u) in &pairs {
         let p = &prepared[*i];
         for c in &p.req.channels {
-            let d = p.delivery(u, *c, seq_of.get(&(*i, u.as_str())).copied().unwrap_or(0));
-            metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => c.as_str()).increment(1);
-            out.push(OutRecord::new(
-                ctx.deliveries_topic(*c, p.req.priority),
-                tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
-                codec.encode_delivery(&d),
-            ));
+            let seq = seq_of.get(&(*i, u.as_str())).copied().unwrap_or(0);
+            out.push(delivery_record(ctx, &p.delivery(u, *c, seq)));
         }
     }
+    place(ctx, out).await
+}
+
+/// Start appending `out`: the first poll gives the records their place (a user's stay in
+/// request order); returns the acknowledgement still to come, which the router awaits while it
+/// routes the next batch, or nothing when the bus has acknowledged already.
+async fn place(ctx: &Context, out: Vec<OutRecord>) -> Result<Option<PendingAck>> {
     let bus = ctx.bus.clone();
     let mut ack: PendingAck = Box::pin(async move { bus.append(out).await.map(|_| ()) });
-    // the first poll gives the deliveries their place (a user's stay in request order);
-    // the acknowledgement is awaited by the router while it routes the next batch
     match futures::poll!(ack.as_mut()) {
         Poll::Ready(r) => r.map(|()| None),
         Poll::Pending => Ok(Some(ack)),
     }
+}
+
+/// The record of delivery `d` on its channel's topic, counted.
+fn delivery_record(ctx: &Context, d: &Delivery) -> OutRecord {
+    metrics::counter!(ROUTER_DELIVERIES_TOTAL, "channel" => d.channel.as_str()).increment(1);
+    OutRecord::new(
+        ctx.deliveries_topic(d.channel, d.priority),
+        tidings_core::bus::user_key(&d.tenant_id, &d.user_id),
+        tidings_schemas::codec().encode_delivery(d),
+    )
 }

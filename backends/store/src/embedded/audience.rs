@@ -150,6 +150,20 @@ fn intervals(raw: Option<&[u8]>) -> Result<Vec<[u64; 2]>> {
         .map(Option::unwrap_or_default)
 }
 
+/// The user's intervals in audience `key` (none when never a member).
+fn intervals_at(
+    m: &impl ReadableTable<Key3, &'static [u8]>,
+    t: &str,
+    u: &str,
+    key: &str,
+) -> Result<Vec<[u64; 2]>> {
+    let raw = m
+        .get((t, u, key))
+        .map_err(storage_err)?
+        .map(|v| v.value().to_vec());
+    intervals(raw.as_deref())
+}
+
 /// Make the user a member of `key` from the next sequence on; false if they were one.
 pub(super) fn join(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
     let from = counter(txn)? + 1;
@@ -158,11 +172,7 @@ pub(super) fn join(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Resul
 
 fn join_at(txn: &WriteTransaction, t: &str, u: &str, key: &str, from: u64) -> Result<bool> {
     let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
-    let raw = m
-        .get((t, u, key))
-        .map_err(storage_err)?
-        .map(|v| v.value().to_vec());
-    let mut iv = intervals(raw.as_deref())?;
+    let mut iv = intervals_at(&m, t, u, key)?;
     if iv.last().is_some_and(|i| i[1] == u64::MAX) {
         return Ok(false);
     }
@@ -182,11 +192,7 @@ fn join_at(txn: &WriteTransaction, t: &str, u: &str, key: &str, from: u64) -> Re
 pub(super) fn leave(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
     let to = counter(txn)? + 1;
     let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
-    let raw = m
-        .get((t, u, key))
-        .map_err(storage_err)?
-        .map(|v| v.value().to_vec());
-    let mut iv = intervals(raw.as_deref())?;
+    let mut iv = intervals_at(&m, t, u, key)?;
     match iv.last_mut() {
         Some(last) if last[1] == u64::MAX => last[1] = to,
         _ => return Ok(false),
@@ -300,13 +306,7 @@ fn visible(
     };
     let m: AudMsg = from_json(v.value())?;
     for key in &m.audiences {
-        let iv = intervals(
-            members
-                .get((t, u, key.as_str()))
-                .map_err(storage_err)?
-                .map(|v| v.value().to_vec())
-                .as_deref(),
-        )?;
+        let iv = intervals_at(members, t, u, key)?;
         if iv.iter().any(|i| i[0] <= m.seq && m.seq < i[1]) {
             return Ok(Some((m.seq, m.audiences)));
         }
