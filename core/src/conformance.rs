@@ -1037,7 +1037,11 @@ async fn status_conformance(store: &dyn Store, t1: &str, t2: &str) {
         .put_delivery_status(&t1, "m0", &[st("u1", DeliveryState::Pending, 0)])
         .await
         .unwrap();
-    let s = store.delivery_status(&t1, "m0").await.unwrap();
+    let s = store
+        .delivery_status(&t1, "m0", None, 100)
+        .await
+        .unwrap()
+        .items;
     assert_eq!(s.len(), 2);
     assert_eq!(
         s[0].state,
@@ -1045,6 +1049,36 @@ async fn status_conformance(store: &dyn Store, t1: &str, t2: &str) {
         "state never moves back"
     );
     assert_eq!(s[1].state, DeliveryState::Pending);
+    // paged: every status once, however the pages fall
+    let many: Vec<DeliveryStatus> = (0..7)
+        .map(|i| st(&format!("p{i}"), DeliveryState::Pending, 0))
+        .collect();
+    store
+        .put_delivery_status(&t1, "m-paged", &many)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .delivery_status(&t1, "m-paged", after.as_deref(), 3)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|s| s.user_id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..7).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    assert!(store
+        .delivery_status(&t2, "m-paged", None, 10)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
 
     // ack and read: inbox row and in-app status move together, forward only
     let rows: Vec<NewInboxRow> = ["s0", "s1"]
@@ -1061,9 +1095,10 @@ async fn status_conformance(store: &dyn Store, t1: &str, t2: &str) {
         let t1 = t1.clone();
         async move {
             store
-                .delivery_status(&t1, m)
+                .delivery_status(&t1, m, None, 100)
                 .await
                 .unwrap()
+                .items
                 .into_iter()
                 .find(|s| s.user_id == "u7" && s.channel == Channel::Inapp)
                 .map(|s| s.state)
@@ -1384,7 +1419,11 @@ async fn sparse_read_and_delete(store: &dyn Store, t: &str) {
     assert!(items.iter().all(|i| i.status == InboxStatus::Read));
     let s = store.audience_message(t, "p1").await.unwrap().unwrap();
     assert_eq!((s.recipients, s.delivered, s.read), (2, 1, 1));
-    let statuses = store.delivery_status(t, "p1").await.unwrap();
+    let statuses = store
+        .delivery_status(t, "p1", None, 100)
+        .await
+        .unwrap()
+        .items;
     assert_eq!(statuses.len(), 1, "one entry: the user who acted");
     // many users settled in one call, each confined to what they see
     let many = store

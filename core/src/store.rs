@@ -311,7 +311,16 @@ pub trait Statuses: Send + Sync {
         message_id: &str,
         statuses: &[DeliveryStatus],
     ) -> Result<()>;
-    async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>>;
+    /// A message's statuses, `limit` at a time, in an order of the backend's choosing, after
+    /// `after` (the opaque `next` of the previous page): a broadcast acked by a million users
+    /// is read page by page.
+    async fn delivery_status(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliveryStatus>>;
 }
 
 /// The store port, the tenant's dead-letter queue.

@@ -319,17 +319,31 @@ async fn send(
     }
 }
 
+#[derive(Deserialize)]
+struct RecipientsQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
 async fn message(
     State(ctx): State<Context>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    q: Result<Query<RecipientsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_of(&ctx, &headers).await?;
+    let q = query(q)?;
     let m = ctx.store.message(&tenant.id, &id).await?.ok_or_else(|| {
         Error::not_found("message_not_found", format!("no routed message `{id}`"))
     })?;
-    let statuses = ctx.store.delivery_status(&tenant.id, &id).await?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
+    let after = q.cursor.as_deref().filter(|c| !c.is_empty());
+    let statuses = ctx
+        .store
+        .delivery_status(&tenant.id, &id, after, limit)
+        .await?;
     let recipients: Vec<Value> = statuses
+        .items
         .iter()
         .map(|s| {
             json!({"user": s.user_id, "channel": s.channel, "status": s.state, "attempts": s.attempts,
@@ -341,6 +355,7 @@ async fn message(
         "template": m.template, "title": m.title, "body": m.body, "data": m.data,
         "channels": m.channels, "created_at": rfc3339(m.created_at_ms), "recipients": recipients,
         "status": if m.failure.is_some() { "failed" } else { "routed" }, "error": m.failure,
+        "next_cursor": statuses.next,
     });
     // an audience message: its audiences and counts; `recipients` holds the entries that
     // exist (users listed by name, users who acked or read it)

@@ -200,6 +200,43 @@ async fn audience_messages_reach_the_members_at_send_time_and_read_like_personal
         (Some("ann"), Some("read"))
     );
 
+    // recipients are paged
+    let mut users = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (st, m) = s
+            .api(
+                &t,
+                "GET",
+                &format!("/v1/messages/{personal}?limit=2&cursor={cursor}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{m}");
+        let rec = m["recipients"].as_array().unwrap();
+        assert!(rec.len() <= 2);
+        users.extend(rec.iter().map(|r| r["user"].as_str().unwrap().to_string()));
+        match m["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    users.sort();
+    assert_eq!(users, vec!["ann", "ben", "cat"]);
+    let (st, e) = s
+        .api(
+            &t,
+            "GET",
+            &format!("/v1/messages/{personal}?cursor=zz"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (422, Some("invalid_cursor")),
+        "{e}"
+    );
+
     // read all: every message so far, not the next one
     let (st, r) = s
         .user_api(

@@ -107,6 +107,10 @@ impl IdemRecord {
     }
 }
 
+fn bad_cursor() -> Error {
+    Error::invalid("invalid_cursor", "cursor: not one this API gave")
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode: {e}")))
 }
@@ -968,22 +972,52 @@ impl Statuses for EmbeddedStore {
             .await
     }
 
-    async fn delivery_status(&self, tenant: &str, message_id: &str) -> Result<Vec<DeliveryStatus>> {
+    async fn delivery_status(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<DeliveryStatus>> {
+        // the cursor is the last (user, channel) key read, hex-encoded
+        let last: Option<(String, String)> = match after {
+            None => None,
+            Some(c) => {
+                let raw = hex::decode(c).map_err(|_| bad_cursor())?;
+                let text = String::from_utf8(raw).map_err(|_| bad_cursor())?;
+                let (u, ch) = text.split_once('\0').ok_or_else(bad_cursor)?;
+                Some((u.to_string(), ch.to_string()))
+            }
+        };
         let r = self.engine.read()?;
         let t = r.open_table(STATUS).map_err(storage_err)?;
-        let mut out = Vec::new();
+        let (u0, c0) = last
+            .as_ref()
+            .map_or(("", ""), |(u, c)| (u.as_str(), c.as_str()));
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut read: Option<String> = None;
         for row in t
-            .range((tenant, message_id, "", "")..)
+            .range((tenant, message_id, u0, c0)..)
             .map_err(storage_err)?
         {
             let (k, v) = row.map_err(storage_err)?;
-            let (kt, km, _, _) = k.value();
+            let (kt, km, ku, kc) = k.value();
             if kt != tenant || km != message_id {
                 break;
             }
-            out.push(from_json(v.value())?);
+            if last.is_some() && (ku, kc) == (u0, c0) {
+                continue;
+            }
+            if items.len() == limit {
+                // there is more: the next page starts after the last row read
+                next = read.map(hex::encode);
+                break;
+            }
+            items.push(from_json::<DeliveryStatus>(v.value())?);
+            read = Some(format!("{ku}\0{kc}"));
         }
-        Ok(out)
+        Ok(Page { items, next })
     }
 }
 
