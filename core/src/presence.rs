@@ -143,6 +143,14 @@ pub trait Presence: Send + Sync + 'static {
     /// no connection on this node.
     fn set_memberships(&self, tenant: &str, user: &str, memberships: &[Membership]);
 
+    /// How many membership changes this node has applied for the user's connections (0 for
+    /// a user with none here): read it before reading the user's memberships from the store.
+    fn membership_version(&self, tenant: &str, user: &str) -> u64;
+
+    /// [`Presence::set_memberships`] with what the store answered for a read that started at
+    /// `version`; skipped if a change was applied since (it is at least as fresh).
+    fn load_memberships(&self, tenant: &str, user: &str, memberships: &[Membership], version: u64);
+
     /// Push one shared frame to every connection on this node of a user who is a member of one
     /// of `audiences` from `seq` or earlier, each connection once; returns how many took it.
     fn push_audience(&self, tenant: &str, audiences: &[Audience], seq: u64, push: Push) -> usize;

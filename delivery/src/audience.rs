@@ -98,8 +98,11 @@ fn apply(ctx: &Context, r: &AudienceRecord) {
 }
 
 /// Load the audiences of a user who just connected here into the index.
+/// A `members` record applied while the store is read wins: it is at least as fresh.
 pub async fn load_members(ctx: &Context, tenant: &str, user: &str) -> Result<()> {
+    let version = ctx.presence.membership_version(tenant, user);
     let memberships = ctx.store.memberships(tenant, user).await?;
-    ctx.presence.set_memberships(tenant, user, &memberships);
+    ctx.presence
+        .load_memberships(tenant, user, &memberships, version);
     Ok(())
 }

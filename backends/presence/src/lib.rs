@@ -37,6 +37,8 @@ type Shard = RwLock<HashMap<(String, String), Vec<(ConnId, ConnSink)>>>;
 struct Member {
     audiences: Vec<(String, u64)>,
     conns: Vec<(ConnId, ConnSink)>,
+    /// Membership changes applied (see `Presence::load_memberships`).
+    version: u64,
 }
 
 /// Which local connections an audience push goes to.
@@ -101,6 +103,38 @@ impl LocalPresence {
             count: AtomicUsize::new(0),
             max_per_user: max_per_user.max(1),
             max_queued_bytes,
+        }
+    }
+
+    /// Replace the audiences of a user with connections here, unless `only_at` is given and a
+    /// change was applied since that version.
+    fn apply_memberships(
+        &self,
+        tenant: &str,
+        user: &str,
+        memberships: &[Membership],
+        only_at: Option<u64>,
+    ) {
+        let mut ix = self.index.write().expect("audience index lock");
+        let Some(member) = ix.users.get_mut(&(tenant.to_string(), user.to_string())) else {
+            return;
+        };
+        if only_at.is_some_and(|v| v != member.version) {
+            return;
+        }
+        member.version += 1;
+        let new: Vec<(String, u64)> = memberships
+            .iter()
+            .map(|m| (m.audience.key(), m.since_seq))
+            .collect();
+        let old = std::mem::replace(&mut member.audiences, new.clone());
+        let conns = member.conns.clone();
+        let ids: Vec<ConnId> = conns.iter().map(|(c, _)| *c).collect();
+        for (a, _) in old.iter().filter(|(a, _)| !new.iter().any(|(n, _)| n == a)) {
+            ix.unlink(tenant, a, &ids);
+        }
+        for (a, since) in &new {
+            ix.link(tenant, a, *since, &conns);
         }
     }
 
@@ -178,23 +212,18 @@ impl Presence for LocalPresence {
     }
 
     fn set_memberships(&self, tenant: &str, user: &str, memberships: &[Membership]) {
-        let mut ix = self.index.write().expect("audience index lock");
-        let Some(member) = ix.users.get_mut(&(tenant.to_string(), user.to_string())) else {
-            return;
-        };
-        let new: Vec<(String, u64)> = memberships
-            .iter()
-            .map(|m| (m.audience.key(), m.since_seq))
-            .collect();
-        let old = std::mem::replace(&mut member.audiences, new.clone());
-        let conns = member.conns.clone();
-        let ids: Vec<ConnId> = conns.iter().map(|(c, _)| *c).collect();
-        for (a, _) in old.iter().filter(|(a, _)| !new.iter().any(|(n, _)| n == a)) {
-            ix.unlink(tenant, a, &ids);
-        }
-        for (a, since) in &new {
-            ix.link(tenant, a, *since, &conns);
-        }
+        self.apply_memberships(tenant, user, memberships, None);
+    }
+
+    fn membership_version(&self, tenant: &str, user: &str) -> u64 {
+        let ix = self.index.read().expect("audience index lock");
+        ix.users
+            .get(&(tenant.to_string(), user.to_string()))
+            .map_or(0, |m| m.version)
+    }
+
+    fn load_memberships(&self, tenant: &str, user: &str, memberships: &[Membership], version: u64) {
+        self.apply_memberships(tenant, user, memberships, Some(version));
     }
 
     fn push_audience(&self, tenant: &str, audiences: &[Audience], seq: u64, push: Push) -> usize {
@@ -367,6 +396,28 @@ mod tests {
         assert_eq!(ids(&mut ra2), vec!["m1", "m2", "m4", "m5"]);
         assert_eq!(ids(&mut rb), vec!["m2", "m5"]);
         assert!(p.index.read().unwrap().users.len() == 2);
+
+        // a load from the store that started before a change was applied is dropped
+        let before = p.membership_version("t", "b");
+        p.set_memberships("t", "b", &member(&[("z", 9)]));
+        p.load_memberships("t", "b", &member(&[("y", 6)]), before);
+        assert_eq!(
+            p.push_audience("t", &[topic("y")], 10, push("m6")),
+            1,
+            "a2 only"
+        );
+        assert_eq!(
+            p.push_audience("t", &[topic("z")], 10, push("m7")),
+            1,
+            "b kept z"
+        );
+        let now = p.membership_version("t", "b");
+        p.load_memberships("t", "b", &member(&[("y", 6)]), now);
+        assert_eq!(
+            p.push_audience("t", &[topic("y")], 11, push("m8")),
+            2,
+            "a2 and b"
+        );
     }
 
     #[tokio::test]
