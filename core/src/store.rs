@@ -116,7 +116,11 @@ pub enum Claim {
     },
 }
 
-/// A page of ids (users, subscribers), and where the next page starts.
+/// A page of a listing (users, subscribers, statuses), and where the next page starts.
+///
+/// Listings return each member once, in an order of the backend's choosing; `next` is an
+/// opaque cursor to pass back as `after` (a backend may bucket its partitions and encode where
+/// it stands), `None` on the last page.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -142,9 +146,9 @@ pub trait Directory: Send + Sync {
     async fn user(&self, tenant: &str, user: &str) -> Result<Option<UserProfile>>;
     /// Make users known without touching existing profiles.
     async fn touch_users(&self, tenant: &str, users: &[String]) -> Result<()>;
-    /// Known users in id order, after `after`.
+    /// Known users, a page after the cursor `after` (see [`Page`]).
     async fn users(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Page<String>>;
-    /// Users carrying `tag`, in id order, after `after`.
+    /// Users carrying `tag`, a page after the cursor `after` (see [`Page`]).
     async fn users_tagged(
         &self,
         tenant: &str,
@@ -154,6 +158,7 @@ pub trait Directory: Send + Sync {
     ) -> Result<Page<String>>;
     async fn subscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<()>;
     async fn unsubscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<bool>;
+    /// Subscribers of `topic`, a page after the cursor `after` (see [`Page`]).
     async fn subscribers(
         &self,
         tenant: &str,
