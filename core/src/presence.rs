@@ -27,12 +27,13 @@ pub const CLOSE_REPLACED: u16 = 4002;
 /// WebSocket close code: the tenant was disabled; do not reconnect.
 pub const CLOSE_TENANT_DISABLED: u16 = 4003;
 
-/// What is pushed to a connection: one message, already encoded as a JSON text frame.
+/// What is pushed to a connection: one message, already encoded as a JSON text frame (UTF-8),
+/// shared without copying by every connection it goes to.
 #[derive(Debug, Clone)]
 pub struct Push {
     pub message_id: String,
     pub seq: u64,
-    pub frame: Arc<str>,
+    pub frame: bytes::Bytes,
 }
 
 /// The sending half a connection registers. The queue holds pointers, not pushes: tokio

@@ -10,7 +10,6 @@
 //! later, it was slow) finds the message in its inbox and gets it with `resume`.
 
 use async_trait::async_trait;
-use std::sync::Arc;
 use tidings_core::bus::{Record, Start};
 use tidings_core::metrics_names::{DELIVERY_AUDIENCE_PUSHES_TOTAL, DELIVERY_LATENCY_SECONDS};
 use tidings_core::model::{now_ms, AudienceRecord};
@@ -76,7 +75,7 @@ fn apply(ctx: &Context, r: &AudienceRecord) {
             let push = Push {
                 message_id: message_id.clone(),
                 seq: *seq,
-                frame: Arc::from(frame.as_str()),
+                frame: bytes::Bytes::from(frame.clone()),
             };
             let reached = ctx.presence.push_audience(tenant_id, audiences, *seq, push);
             metrics::counter!(DELIVERY_AUDIENCE_PUSHES_TOTAL).increment(reached as u64);

@@ -8,7 +8,6 @@
 
 use crate::frames::message_from_delivery;
 use async_trait::async_trait;
-use std::sync::Arc;
 use tidings_core::bus::Record;
 use tidings_core::metrics_names::DELIVERY_ATTEMPTS_TOTAL;
 use tidings_core::model::{Channel, Delivery};
@@ -68,7 +67,7 @@ async fn push(ctx: &Context, d: &Delivery) -> Result<()> {
     let push = Push {
         message_id: d.message_id.clone(),
         seq: d.seq,
-        frame: Arc::from(message_from_delivery(d)),
+        frame: bytes::Bytes::from(message_from_delivery(d)),
     };
     let reached = ctx.presence.push(&d.tenant_id, &d.user_id, push).await?;
     if reached > 0 {

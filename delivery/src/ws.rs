@@ -21,7 +21,7 @@ use crate::frames;
 use crate::settle::Settler;
 use crate::user_auth::{verify, User};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -316,8 +316,10 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                 push = rx.recv() => {
                     let Some(push) = push else { break };
                     ConnSink::taken(&shared, &push);
+                    // the frame's bytes are shared with every connection it goes to, not copied
+                    let Ok(text) = Utf8Bytes::try_from(push.frame.clone()) else { continue };
                     if sent.first_time(&push.message_id)
-                        && !write(&mut sink, Message::Text(push.frame.to_string().into()), write_deadline).await
+                        && !write(&mut sink, Message::Text(text), write_deadline).await
                     {
                         break;
                     }

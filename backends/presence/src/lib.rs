@@ -310,7 +310,7 @@ mod tests {
         Push {
             message_id: id.into(),
             seq: 1,
-            frame: Arc::from("{}"),
+            frame: bytes::Bytes::from_static(b"{}"),
         }
     }
 
@@ -430,7 +430,7 @@ mod tests {
         let big = |id: &str| Push {
             message_id: id.into(),
             seq: 1,
-            frame: Arc::from("123456"),
+            frame: bytes::Bytes::from_static(b"123456"),
         };
         assert_eq!(p.push("t", "u", big("m1")).await.unwrap(), 1);
         // 12 bytes would be queued: over 10
