@@ -27,6 +27,9 @@ type Stamped<T> = (T, Instant);
 /// The cached reads of one process.
 pub struct HotReads {
     tenants: Cache<String, Stamped<Arc<Tenant>>>,
+    /// When each tenant was last forgotten: a read that started before it is not cached
+    /// (it may hold what the change replaced).
+    forgotten: Cache<String, Instant>,
     keys: Cache<String, Stamped<String>>,
     versions: Cache<(String, String, u64), Arc<Template>>,
     latest: Cache<(String, String), Stamped<Arc<Template>>>,
@@ -36,6 +39,7 @@ impl Default for HotReads {
     fn default() -> Self {
         HotReads {
             tenants: Cache::new(CAPACITY),
+            forgotten: Cache::new(CAPACITY),
             keys: Cache::new(CAPACITY),
             versions: Cache::new(CAPACITY),
             latest: Cache::new(CAPACITY),
@@ -53,12 +57,22 @@ impl HotReads {
         if let Some(t) = fresh(self.tenants.get(id)) {
             return Ok(Some((*t).clone()));
         }
+        let started = Instant::now();
         let t = store.tenant(id).await?;
         if let Some(t) = &t {
-            self.tenants
-                .insert(id.to_string(), (Arc::new(t.clone()), Instant::now()));
+            self.keep_tenant(t, started);
         }
         Ok(t)
+    }
+
+    /// Cache `t` as read from a store read that started at `started`, unless the tenant was
+    /// changed through this process since.
+    fn keep_tenant(&self, t: &Tenant, started: Instant) {
+        if self.forgotten.get(&t.id).is_some_and(|at| at >= started) {
+            return;
+        }
+        self.tenants
+            .insert(t.id.clone(), (Arc::new(t.clone()), Instant::now()));
     }
 
     /// The tenant whose current or previous API key hashes to `hash`, as of the store's last
@@ -71,12 +85,12 @@ impl HotReads {
         if let Some(id) = fresh(self.keys.get(hash)) {
             return self.tenant(store, &id).await;
         }
+        let started = Instant::now();
         let t = store.tenant_by_api_key_hash(hash).await?;
         if let Some(t) = &t {
             self.keys
                 .insert(hash.to_string(), (t.id.clone(), Instant::now()));
-            self.tenants
-                .insert(t.id.clone(), (Arc::new(t.clone()), Instant::now()));
+            self.keep_tenant(t, started);
         }
         Ok(t)
     }
@@ -120,6 +134,7 @@ impl HotReads {
 
     /// Forget a tenant changed by this process.
     pub fn forget_tenant(&self, id: &str) {
+        self.forgotten.insert(id.to_string(), Instant::now());
         self.tenants.remove(id);
     }
 
@@ -132,6 +147,35 @@ impl HotReads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tenant(id: &str) -> Tenant {
+        Tenant {
+            id: id.into(),
+            name: "n".into(),
+            api_key_hash: "h".into(),
+            jwt_secret: "s".into(),
+            webhook_url: None,
+            webhook_secret: "w".into(),
+            created_at_ms: 0,
+            previous: None,
+            disabled: false,
+        }
+    }
+
+    /// A read that started before a change through this process is not cached: it may hold
+    /// what the change replaced (a disabled tenant must not come back from the cache).
+    #[test]
+    fn a_read_older_than_a_change_is_not_kept() {
+        let hot = HotReads::default();
+        let before = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        hot.forget_tenant("t");
+        hot.keep_tenant(&tenant("t"), before);
+        assert!(hot.tenants.get("t").is_none());
+        std::thread::sleep(Duration::from_millis(2));
+        hot.keep_tenant(&tenant("t"), Instant::now());
+        assert!(hot.tenants.get("t").is_some());
+    }
 
     #[test]
     fn entries_go_stale() {
