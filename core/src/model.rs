@@ -147,7 +147,12 @@ pub struct Recipients {
 
 impl Recipients {
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.topics.is_empty() && self.tags.is_empty() && !self.broadcast
+        self.users.is_empty() && !self.has_audience()
+    }
+
+    /// Whether it names topics, tags or the whole tenant ([`Audience::of`] is not empty).
+    pub fn has_audience(&self) -> bool {
+        !self.topics.is_empty() || !self.tags.is_empty() || self.broadcast
     }
 }
 
@@ -264,6 +269,16 @@ pub enum AudienceRecord {
         user_id: String,
         memberships: Vec<Membership>,
     },
+}
+
+impl AudienceRecord {
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            AudienceRecord::Push { tenant_id, .. } | AudienceRecord::Members { tenant_id, .. } => {
+                tenant_id
+            }
+        }
+    }
 }
 
 /// A message as the router stored it (what `GET /v1/messages/{id}` shows).

@@ -71,34 +71,41 @@ fn observe_latency(d: &tidings_core::model::Delivery) {
     .record(latency);
 }
 
-/// Publish the delivery events of many users in one append (best effort: statuses are
-/// already in the store): `(tenant, user, channel, message ids, kind)` each.
-pub async fn publish_event_groups(
-    ctx: &Context,
-    groups: &[(String, String, Channel, Vec<String>, EventKind)],
-) {
+/// Delivery events of one user, for [`publish_event_groups`].
+pub struct EventGroup {
+    pub tenant: String,
+    pub user: String,
+    pub channel: Channel,
+    pub ids: Vec<String>,
+    pub kind: EventKind,
+    pub error: Option<String>,
+}
+
+/// Publish the delivery events of many users on `events` in one append (best effort:
+/// statuses are already in the store).
+pub async fn publish_event_groups(ctx: &Context, groups: &[EventGroup]) {
     let codec = tidings_schemas::codec();
     let at = now_ms();
     let mut records = Vec::new();
-    for (tenant, user, channel, ids, kind) in groups {
-        for id in ids {
+    for g in groups {
+        for id in &g.ids {
             let e = DeliveryEvent {
-                tenant_id: tenant.clone(),
+                tenant_id: g.tenant.clone(),
                 message_id: id.clone(),
-                user_id: user.clone(),
-                channel: *channel,
-                kind: *kind,
+                user_id: g.user.clone(),
+                channel: g.channel,
+                kind: g.kind,
                 at_ms: at,
-                error: None,
+                error: g.error.clone(),
             };
             records.push(OutRecord::new(
                 ctx.events_topic(),
-                tidings_core::bus::user_key(tenant, user),
+                tidings_core::bus::user_key(&g.tenant, &g.user),
                 codec.encode_event(&e),
             ));
         }
-        metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => kind.as_str())
-            .increment(ids.len() as u64);
+        metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => g.kind.as_str())
+            .increment(g.ids.len() as u64);
     }
     if records.is_empty() {
         return;
@@ -108,7 +115,8 @@ pub async fn publish_event_groups(
     }
 }
 
-/// Publish delivery events on `events` (best effort: statuses are already in the store).
+/// Publish one user's delivery events on `events` (best effort: statuses are already in the
+/// store).
 pub async fn publish_events(
     ctx: &Context,
     tenant: &str,
@@ -118,33 +126,13 @@ pub async fn publish_events(
     kind: EventKind,
     error: Option<String>,
 ) {
-    if ids.is_empty() {
-        return;
-    }
-    let codec = tidings_schemas::codec();
-    let at = now_ms();
-    let records = ids
-        .iter()
-        .map(|id| {
-            let e = DeliveryEvent {
-                tenant_id: tenant.to_string(),
-                message_id: id.clone(),
-                user_id: user.to_string(),
-                channel,
-                kind,
-                at_ms: at,
-                error: error.clone(),
-            };
-            OutRecord::new(
-                ctx.events_topic(),
-                tidings_core::bus::user_key(tenant, user),
-                codec.encode_event(&e),
-            )
-        })
-        .collect();
-    if let Err(e) = ctx.bus.append(records).await {
-        tracing::warn!(error = %e, "cannot publish delivery events");
-    }
-    metrics::counter!(tidings_core::metrics_names::EVENTS_TOTAL, "kind" => kind.as_str())
-        .increment(ids.len() as u64);
+    let group = EventGroup {
+        tenant: tenant.to_string(),
+        user: user.to_string(),
+        channel,
+        ids: ids.to_vec(),
+        kind,
+        error,
+    };
+    publish_event_groups(ctx, &[group]).await;
 }

@@ -7,7 +7,7 @@
 //! delivery events, and each caller gets its own answer. Under light load a write carries one
 //! ack, as before; under a fan-out the per-write cost is paid once per batch, not per user.
 
-use std::collections::BTreeMap;
+use crate::EventGroup;
 use tidings_core::model::{Channel, DeliveryState, EventKind, InboxStatus};
 use tidings_core::store::Settle;
 use tidings_core::{Context, Error, Result};
@@ -76,35 +76,29 @@ async fn run(ctx: Context, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let batch: Vec<Settle> = jobs.iter().map(|j| j.settle.clone()).collect();
+        let (batch, waiting): (Vec<Settle>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| (j.settle, (j.kind, j.reply)))
+            .unzip();
         match ctx.store.settle_many(&batch).await {
             Ok(changed) => {
-                // events grouped by (tenant, user, kind) as the callers asked
-                let mut events: BTreeMap<(String, String, bool), Vec<String>> = BTreeMap::new();
-                for (job, ids) in jobs.into_iter().zip(changed) {
-                    let read = job.kind == EventKind::Read;
-                    events
-                        .entry((job.settle.tenant_id, job.settle.user_id, read))
-                        .or_default()
-                        .extend(ids.iter().cloned());
-                    let _ = job.reply.send(Ok(ids));
+                let mut events = Vec::with_capacity(batch.len());
+                for ((s, (kind, reply)), ids) in batch.into_iter().zip(waiting).zip(changed) {
+                    events.push(EventGroup {
+                        tenant: s.tenant_id,
+                        user: s.user_id,
+                        channel: Channel::Inapp,
+                        ids: ids.clone(),
+                        kind,
+                        error: None,
+                    });
+                    let _ = reply.send(Ok(ids));
                 }
-                let groups: Vec<(String, String, Channel, Vec<String>, EventKind)> = events
-                    .into_iter()
-                    .map(|((t, u, read), ids)| {
-                        let kind = if read {
-                            EventKind::Read
-                        } else {
-                            EventKind::Delivered
-                        };
-                        (t, u, Channel::Inapp, ids, kind)
-                    })
-                    .collect();
-                crate::publish_event_groups(&ctx, &groups).await;
+                crate::publish_event_groups(&ctx, &events).await;
             }
             Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }

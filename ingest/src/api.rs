@@ -598,10 +598,6 @@ async fn publish_members(ctx: &Context, tenant: &str, user: &str) -> tidings_cor
         user_id: user.to_string(),
         memberships,
     };
-    let record = OutRecord::new(
-        ctx.audience_topic(),
-        tenant.as_bytes().to_vec(),
-        tidings_schemas::codec().encode_audience(&r),
-    );
+    let record = tidings_schemas::codec().audience_record(ctx.audience_topic(), &r);
     ctx.bus.append(vec![record]).await.map(|_| ())
 }

@@ -250,7 +250,6 @@ pub async fn route_batch(
     if prepared.is_empty() {
         return Ok(Vec::new());
     }
-    let prepared = Arc::new(prepared);
     let messages: Vec<MessageRecord> = prepared
         .iter()
         .map(|p| MessageRecord {
@@ -270,12 +269,11 @@ pub async fn route_batch(
         .collect();
     // in-app to audiences is posted once, the rest fanned out per recipient; runs of each
     // kind go in request order, so a user's personal and audience messages keep their order
+    let priorities: Vec<Priority> = prepared.iter().map(|p| p.req.priority).collect();
     let mut runs: Vec<(bool, Vec<Prepared>)> = Vec::new();
     let mut external = Vec::new();
-    for p in prepared.iter() {
-        let audience =
-            p.req.channels.contains(&Channel::Inapp) && !Audience::of(&p.req.to).is_empty();
-        let mut p = p.clone();
+    for mut p in prepared {
+        let audience = p.req.channels.contains(&Channel::Inapp) && p.req.to.has_audience();
         if audience {
             let mut rest = p.clone();
             rest.req.channels.retain(|c| *c != Channel::Inapp);
@@ -293,7 +291,7 @@ pub async fn route_batch(
         let mut acks = Vec::new();
         for (audience, run) in runs {
             if audience {
-                acks.extend(post_audiences(ctx, &run.iter().collect::<Vec<_>>()).await?);
+                acks.extend(post_audiences(ctx, &run).await?);
             } else {
                 acks.extend(fan_out(ctx, Arc::new(run)).await?);
             }
@@ -307,9 +305,8 @@ pub async fn route_batch(
         fan_out(ctx, Arc::new(external)),
     )?;
     acks.extend(more);
-    for p in prepared.iter() {
-        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.req.priority.as_str())
-            .increment(1);
+    for p in priorities {
+        metrics::counter!(ROUTER_REQUESTS_TOTAL, "priority" => p.as_str()).increment(1);
     }
     Ok(acks)
 }
@@ -317,22 +314,23 @@ pub async fn route_batch(
 /// Write each in-app audience message once and emit its push (one record for every
 /// connection of its members) and the deliveries of the users it lists by name; returns their
 /// append once it has its place on the bus, unless it is acknowledged already.
-async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<PendingAck>> {
+async fn post_audiences(ctx: &Context, posts: &[Prepared]) -> Result<Option<PendingAck>> {
     if posts.is_empty() {
         return Ok(None);
     }
-    let posted = try_join_all(posts.iter().map(|p| {
+    let audiences: Vec<Vec<Audience>> = posts.iter().map(|p| Audience::of(&p.req.to)).collect();
+    let posted = try_join_all(posts.iter().zip(&audiences).map(|(p, a)| {
         let post = AudiencePost {
             tenant_id: p.req.tenant_id.clone(),
-            audiences: Audience::of(&p.req.to),
+            audiences: a.clone(),
             listed: p.req.to.users.clone(),
             item: p.item(),
         };
         async move { ctx.store.post_audience(&post).await }
-    }))
-    .await?;
+    }));
     let now = now_ms();
-    try_join_all(
+    // the listed users' pending statuses share the posts' group commit
+    let statuses = try_join_all(
         posts
             .iter()
             .filter(|p| !p.req.to.users.is_empty())
@@ -350,27 +348,23 @@ async fn post_audiences(ctx: &Context, posts: &[&Prepared]) -> Result<Option<Pen
                         .await
                 }
             }),
-    )
-    .await?;
+    );
+    let (posted, _) = tokio::try_join!(posted, statuses)?;
     let codec = tidings_schemas::codec();
     let mut out = Vec::new();
-    for (p, at) in posts.iter().zip(&posted) {
+    for ((p, at), audiences) in posts.iter().zip(&posted).zip(audiences) {
         let mut it = p.item();
         it.seq = at.seq;
         let push = AudienceRecord::Push {
             tenant_id: p.req.tenant_id.clone(),
             message_id: p.req.message_id.clone(),
-            audiences: Audience::of(&p.req.to),
+            audiences,
             seq: at.seq,
             priority: p.req.priority,
             frame: it.frame(),
             accepted_at_ms: p.req.accepted_at_ms,
         };
-        out.push(OutRecord::new(
-            ctx.audience_topic(),
-            p.req.tenant_id.as_bytes().to_vec(),
-            codec.encode_audience(&push),
-        ));
+        out.push(codec.audience_record(ctx.audience_topic(), &push));
         metrics::counter!(ROUTER_AUDIENCE_POSTS_TOTAL).increment(1);
         let mut listed = p.req.to.users.clone();
         listed.sort();

@@ -14,6 +14,7 @@ use apache_avro::types::Value;
 pub use apache_avro::Schema;
 use apache_avro::{from_avro_datum, to_avro_datum};
 use std::sync::OnceLock;
+use tidings_core::bus::OutRecord;
 use tidings_core::model::*;
 use tidings_core::{Error, Result};
 
@@ -468,6 +469,16 @@ impl Codec {
             }
         };
         encode(&self.audience, value)
+    }
+
+    /// `r` as a record of the audience topic `topic`, keyed by its tenant: a tenant's
+    /// membership changes and pushes are read in the order they were appended.
+    pub fn audience_record(&self, topic: String, r: &AudienceRecord) -> OutRecord {
+        OutRecord::new(
+            topic,
+            r.tenant_id().as_bytes().to_vec(),
+            self.encode_audience(r),
+        )
     }
 
     pub fn decode_audience(&self, bytes: &[u8]) -> Result<AudienceRecord> {

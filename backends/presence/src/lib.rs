@@ -138,6 +138,19 @@ impl LocalPresence {
         }
     }
 
+    /// Offer `push` to one connection without blocking (a slow client is closed, reconnects
+    /// and resumes); whether it was queued.
+    fn offer(&self, sink: &ConnSink, push: &Arc<Push>) -> bool {
+        match sink.offer(push.clone(), self.max_queued_bytes) {
+            Offer::Queued => true,
+            Offer::Slow => {
+                metrics::counter!(DELIVERY_SLOW_CLOSED_TOTAL).increment(1);
+                false
+            }
+            Offer::Gone => false,
+        }
+    }
+
     fn shard(&self, tenant: &str, user: &str) -> &Shard {
         let h = tidings_core::bus::partition_for(
             format!("{tenant}\0{user}").as_bytes(),
@@ -240,11 +253,7 @@ impl Presence for LocalPresence {
                 if *since > seq || (audiences.len() > 1 && !offered.insert(*id)) {
                     continue;
                 }
-                match sink.offer(push.clone(), self.max_queued_bytes) {
-                    Offer::Queued => reached += 1,
-                    Offer::Slow => metrics::counter!(DELIVERY_SLOW_CLOSED_TOTAL).increment(1),
-                    Offer::Gone => {}
-                }
+                reached += usize::from(self.offer(sink, &push));
             }
         }
         reached
@@ -258,12 +267,7 @@ impl Presence for LocalPresence {
         let mut reached = 0;
         let push = Arc::new(push);
         for (_, sink) in conns {
-            // never block the publisher: a slow client is closed, reconnects and resumes
-            match sink.offer(push.clone(), self.max_queued_bytes) {
-                Offer::Queued => reached += 1,
-                Offer::Slow => metrics::counter!(DELIVERY_SLOW_CLOSED_TOTAL).increment(1),
-                Offer::Gone => {}
-            }
+            reached += usize::from(self.offer(sink, &push));
         }
         Ok(reached)
     }

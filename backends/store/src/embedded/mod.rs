@@ -875,21 +875,16 @@ impl Inbox for EmbeddedStore {
         status: InboxStatus,
         state: DeliveryState,
     ) -> Result<Vec<String>> {
-        let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
-        self.engine
-            .write(move |txn| {
-                let mut counts = audience::Counts::new();
-                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, status, &mut counts)?;
-                let mut t = txn.open_table(STATUS).map_err(storage_err)?;
-                let st = DeliveryStatus::inapp(&user, state);
-                for id in &changed {
-                    put_status_in(&mut t, &tenant, id, &st)?;
-                }
-                drop(t);
-                audience::add_counts(txn, counts)?;
-                Ok(changed)
-            })
-            .await
+        // one write for the rows and the statuses: a batch of one
+        let one = Settle {
+            tenant_id: tenant.to_string(),
+            user_id: user.to_string(),
+            ids: ids.to_vec(),
+            status,
+            state,
+        };
+        let mut changed = self.settle_many(&[one]).await?;
+        Ok(changed.pop().unwrap_or_default())
     }
 
     async fn settle_many(&self, batch: &[Settle]) -> Result<Vec<Vec<String>>> {
