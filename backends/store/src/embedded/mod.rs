@@ -178,27 +178,41 @@ impl EmbeddedStore {
     ) -> Result<Page<String>> {
         let r = self.engine.read()?;
         let t = r.open_table(def).map_err(storage_err)?;
-        let start = after.unwrap_or("");
-        let mut items = Vec::new();
-        let mut more = false;
-        for row in t.range((a, b, start)..).map_err(storage_err)? {
+        let rows = t
+            .range((a, b, after.unwrap_or(""))..)
+            .map_err(storage_err)?;
+        let keys = rows.map(|row| {
             let (k, _) = row.map_err(storage_err)?;
             let (ka, kb, kc) = k.value();
-            if ka != a || kb != b {
-                break;
-            }
-            if after.is_some() && kc == start {
-                continue;
-            }
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push(kc.to_string());
-        }
-        let next = if more { items.last().cloned() } else { None };
-        Ok(Page { items, next })
+            Ok((ka == a && kb == b).then(|| kc.to_string()))
+        });
+        page_of(keys, after, limit)
     }
+}
+
+/// A page of the keys `keys` yields from a range read started at `after` (`None` ends the
+/// range: a key past the prefix): `after` itself is skipped, and `next` is the last key when
+/// more follow.
+fn page_of(
+    keys: impl Iterator<Item = Result<Option<String>>>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Page<String>> {
+    let mut items = Vec::new();
+    let mut more = false;
+    for key in keys {
+        let Some(key) = key? else { break };
+        if after == Some(key.as_str()) {
+            continue;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(key);
+    }
+    let next = if more { items.last().cloned() } else { None };
+    Ok(Page { items, next })
 }
 
 /// Write one delivery status unless the stored one is further along (statuses only move
@@ -455,26 +469,15 @@ impl Directory for EmbeddedStore {
     async fn users(&self, tenant: &str, after: Option<&str>, limit: usize) -> Result<Page<String>> {
         let r = self.engine.read()?;
         let t = r.open_table(USERS).map_err(storage_err)?;
-        let start = after.unwrap_or("");
-        let mut items = Vec::new();
-        let mut more = false;
-        for row in t.range((tenant, start)..).map_err(storage_err)? {
+        let rows = t
+            .range((tenant, after.unwrap_or(""))..)
+            .map_err(storage_err)?;
+        let keys = rows.map(|row| {
             let (k, _) = row.map_err(storage_err)?;
             let (kt, ku) = k.value();
-            if kt != tenant {
-                break;
-            }
-            if after.is_some() && ku == start {
-                continue;
-            }
-            if items.len() == limit {
-                more = true;
-                break;
-            }
-            items.push(ku.to_string());
-        }
-        let next = if more { items.last().cloned() } else { None };
-        Ok(Page { items, next })
+            Ok((kt == tenant).then(|| ku.to_string()))
+        });
+        page_of(keys, after, limit)
     }
 
     async fn users_tagged(
