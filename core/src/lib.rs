@@ -11,6 +11,7 @@
 //! - [`template`]: minijinja rendering; [`auth`]: API keys and user JWTs
 //! - [`egress`]: which addresses tidings may connect to for a tenant (SSRF guard)
 //! - [`hint`]: marks a task's writes urgent, so backends may let them overtake bulk writes
+//! - [`cache`]: a bounded cache of tenant and template reads
 //! - [`metrics_names`]: every metric name, declared once
 
 pub mod auth;
