@@ -17,8 +17,8 @@
 //! after one never misses a later commit with a smaller one.
 
 use super::{from_json, inbox_rank, to_json, touch_in, INBOX, INBOX_INDEX, UNREAD, USERS};
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
-use std::collections::BTreeSet;
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use std::collections::{BTreeSet, HashMap};
 use tidings_core::model::{Audience, InboxItem, InboxStatus};
 use tidings_core::store::{AudiencePost, AudienceSummary, Membership, Posted, UNREAD_CAP};
 use tidings_core::Result;
@@ -305,13 +305,24 @@ fn visible(
         return Ok(None);
     };
     let m: AudMsg = from_json(v.value())?;
-    for key in &m.audiences {
+    Ok(member_at(members, t, u, &m.audiences, m.seq)?.then_some((m.seq, m.audiences)))
+}
+
+/// Whether the user was a member of one of `audiences` when `seq` was posted.
+fn member_at(
+    members: &impl ReadableTable<Key3, &'static [u8]>,
+    t: &str,
+    u: &str,
+    audiences: &[String],
+    seq: u64,
+) -> Result<bool> {
+    for key in audiences {
         let iv = intervals_at(members, t, u, key)?;
-        if iv.iter().any(|i| i[0] <= m.seq && m.seq < i[1]) {
-            return Ok(Some((m.seq, m.audiences)));
+        if iv.iter().any(|i| i[0] <= seq && seq < i[1]) {
+            return Ok(true);
         }
     }
-    Ok(None)
+    Ok(false)
 }
 
 /// The sequence of audience message `id` in the user's inbox, if they see it.
@@ -365,49 +376,103 @@ pub(super) fn add_counts(txn: &WriteTransaction, counts: Counts) -> Result<()> {
 
 /// Move audience messages (ids that are not own rows) forward to `status` for one user;
 /// returns the ids that changed, and counts the acks and reads in `counts`.
-pub(super) fn set_status(
-    txn: &WriteTransaction,
-    t: &str,
-    u: &str,
-    ids: &[&String],
-    status: InboxStatus,
-    counts: &mut Counts,
-) -> Result<Vec<String>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+/// The audience side of acks and reads in one write: the tables opened once, each audience
+/// message decoded once, and the counts added once at [`Marks::finish`]. A fan-out's acks
+/// arrive together, so one write carries thousands of users acking the same message.
+pub(super) struct Marks<'t> {
+    read_mark: Table<'t, Key2, u64>,
+    am: Table<'t, Key2, &'static [u8]>,
+    members: Table<'t, Key3, &'static [u8]>,
+    marks: Table<'t, KeySeq, u8>,
+    /// Audience messages looked up in this write, by `tenant \0 id`: sequence and audiences.
+    known: HashMap<String, Option<(u64, Vec<String>)>>,
+    key: String,
+    counts: Counts,
+}
+
+impl<'t> Marks<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Marks<'t>> {
+        Ok(Marks {
+            read_mark: txn.open_table(READ_MARK).map_err(storage_err)?,
+            am: txn.open_table(AUD_MSG).map_err(storage_err)?,
+            members: txn.open_table(MEMBERS).map_err(storage_err)?,
+            marks: txn.open_table(MARKS).map_err(storage_err)?,
+            known: HashMap::new(),
+            key: String::new(),
+            counts: Counts::new(),
+        })
     }
-    let read_mark = read_mark_of(&txn.open_table(READ_MARK).map_err(storage_err)?, t, u)?;
-    let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
-    let members = txn.open_table(MEMBERS).map_err(storage_err)?;
-    let mut marks = txn.open_table(MARKS).map_err(storage_err)?;
-    let mut changed = Vec::new();
-    for id in ids {
-        let Some((seq, _)) = visible(&am, &members, t, u, id)? else {
-            continue;
-        };
-        let mark = marks
-            .get((t, u, seq))
-            .map_err(storage_err)?
-            .map(|v| v.value());
-        let before = status_of(mark, seq, read_mark);
-        if inbox_rank(status) <= inbox_rank(before) {
-            continue;
+
+    /// Move the audience messages `ids` the user sees forward to `status` (sparse marks);
+    /// returns the ids that changed.
+    pub(super) fn set_status(
+        &mut self,
+        t: &str,
+        u: &str,
+        ids: &[&String],
+        status: InboxStatus,
+    ) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        marks
-            .insert((t, u, seq), inbox_rank(status))
-            .map_err(storage_err)?;
-        if status != InboxStatus::Deleted {
-            let c = counts.entry((t.to_string(), id.to_string())).or_default();
-            if before == InboxStatus::Unread {
-                c[0] += 1;
+        let read_mark = read_mark_of(&self.read_mark, t, u)?;
+        let mut changed = Vec::new();
+        for id in ids {
+            self.key.clear();
+            self.key.push_str(t);
+            self.key.push('\0');
+            self.key.push_str(id);
+            if !self.known.contains_key(self.key.as_str()) {
+                let m = match self.am.get((t, id.as_str())).map_err(storage_err)? {
+                    Some(v) => {
+                        let m: AudMsg = from_json(v.value())?;
+                        Some((m.seq, m.audiences))
+                    }
+                    None => None,
+                };
+                self.known.insert(self.key.clone(), m);
             }
-            if status == InboxStatus::Read {
-                c[1] += 1;
+            let Some((seq, audiences)) = &self.known[self.key.as_str()] else {
+                continue;
+            };
+            let seq = *seq;
+            if !member_at(&self.members, t, u, audiences, seq)? {
+                continue;
             }
+            let mark = self
+                .marks
+                .get((t, u, seq))
+                .map_err(storage_err)?
+                .map(|v| v.value());
+            let before = status_of(mark, seq, read_mark);
+            if inbox_rank(status) <= inbox_rank(before) {
+                continue;
+            }
+            self.marks
+                .insert((t, u, seq), inbox_rank(status))
+                .map_err(storage_err)?;
+            if status != InboxStatus::Deleted {
+                let c = self
+                    .counts
+                    .entry((t.to_string(), id.to_string()))
+                    .or_default();
+                if before == InboxStatus::Unread {
+                    c[0] += 1;
+                }
+                if status == InboxStatus::Read {
+                    c[1] += 1;
+                }
+            }
+            changed.push(id.to_string());
         }
-        changed.push(id.to_string());
+        Ok(changed)
     }
-    Ok(changed)
+
+    /// Close the tables and add what was counted to the messages' counts.
+    pub(super) fn finish(self, txn: &WriteTransaction) -> Result<()> {
+        let counts = self.counts;
+        add_counts(txn, counts)
+    }
 }
 
 /// Set the user's read mark to everything posted so far (one write).

@@ -236,69 +236,93 @@ fn put_status_in(
     Ok(())
 }
 
-fn set_inbox_status_in(
-    txn: &WriteTransaction,
-    tenant: &str,
-    user: &str,
-    ids: &[String],
-    status: InboxStatus,
-    counts: &mut audience::Counts,
-) -> Result<Vec<String>> {
-    let idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
-    let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
-    let mut changed = Vec::new();
-    let mut others = Vec::new();
-    let mut unread_delta: i64 = 0;
-    for id in ids {
-        let Some(seq) = idx
-            .get((tenant, user, id.as_str()))
-            .map_err(storage_err)?
-            .map(|v| v.value())
-        else {
-            others.push(id);
-            continue;
-        };
-        let Some(raw) = inbox
-            .get((tenant, user, seq))
-            .map_err(storage_err)?
-            .map(|v| v.value().to_vec())
-        else {
-            continue;
-        };
-        let mut item: InboxItem = from_json(&raw)?;
-        if inbox_rank(status) <= inbox_rank(item.status) {
-            continue;
-        }
-        if item.status.is_unread() && !status.is_unread() {
-            unread_delta -= 1;
-        }
-        item.status = status;
-        inbox
-            .insert((tenant, user, seq), to_json(&item)?.as_slice())
-            .map_err(storage_err)?;
-        changed.push(id.clone());
-    }
-    drop((idx, inbox));
-    if unread_delta != 0 {
-        add_unread(txn, tenant, user, unread_delta)?;
-    }
-    // ids without an own row: audience messages the user may see
-    changed.extend(audience::set_status(
-        txn, tenant, user, &others, status, counts,
-    )?);
-    Ok(changed)
+/// Acks, reads and deletes in one write: own rows, their unread counts, the in-app statuses
+/// and the audience marks, with every table opened once however many users the write
+/// carries ([`Inbox::settle_many`] folds a fan-out's acks into one).
+struct Settling<'t> {
+    idx: Table<'t, (&'static str, &'static str, &'static str), u64>,
+    inbox: Table<'t, (&'static str, &'static str, u64), &'static [u8]>,
+    unread: Table<'t, (&'static str, &'static str), u64>,
+    status: Table<'t, (&'static str, &'static str, &'static str, &'static str), &'static [u8]>,
+    marks: audience::Marks<'t>,
 }
 
-fn add_unread(txn: &WriteTransaction, tenant: &str, user: &str, delta: i64) -> Result<()> {
-    let mut t = txn.open_table(UNREAD).map_err(storage_err)?;
-    let cur = t
-        .get((tenant, user))
-        .map_err(storage_err)?
-        .map(|v| v.value())
-        .unwrap_or(0);
-    let next = (cur as i64 + delta).max(0) as u64;
-    t.insert((tenant, user), next).map_err(storage_err)?;
-    Ok(())
+impl<'t> Settling<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Settling<'t>> {
+        Ok(Settling {
+            idx: txn.open_table(INBOX_INDEX).map_err(storage_err)?,
+            inbox: txn.open_table(INBOX).map_err(storage_err)?,
+            unread: txn.open_table(UNREAD).map_err(storage_err)?,
+            status: txn.open_table(STATUS).map_err(storage_err)?,
+            marks: audience::Marks::open(txn)?,
+        })
+    }
+
+    /// Move the user's messages `ids` (own rows or audience messages they see) forward to
+    /// `status`; returns the ids that changed. Unknown ids are skipped.
+    fn set_status(
+        &mut self,
+        tenant: &str,
+        user: &str,
+        ids: &[String],
+        status: InboxStatus,
+    ) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        let mut others = Vec::new();
+        let mut unread_delta: i64 = 0;
+        for id in ids {
+            let Some(seq) = self
+                .idx
+                .get((tenant, user, id.as_str()))
+                .map_err(storage_err)?
+                .map(|v| v.value())
+            else {
+                others.push(id);
+                continue;
+            };
+            let Some(raw) = self
+                .inbox
+                .get((tenant, user, seq))
+                .map_err(storage_err)?
+                .map(|v| v.value().to_vec())
+            else {
+                continue;
+            };
+            let mut item: InboxItem = from_json(&raw)?;
+            if inbox_rank(status) <= inbox_rank(item.status) {
+                continue;
+            }
+            if item.status.is_unread() && !status.is_unread() {
+                unread_delta -= 1;
+            }
+            item.status = status;
+            self.inbox
+                .insert((tenant, user, seq), to_json(&item)?.as_slice())
+                .map_err(storage_err)?;
+            changed.push(id.clone());
+        }
+        if unread_delta != 0 {
+            let cur = self
+                .unread
+                .get((tenant, user))
+                .map_err(storage_err)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let next = (cur as i64 + unread_delta).max(0) as u64;
+            self.unread
+                .insert((tenant, user), next)
+                .map_err(storage_err)?;
+        }
+        // ids without an own row: audience messages the user may see
+        changed.extend(self.marks.set_status(tenant, user, &others, status)?);
+        Ok(changed)
+    }
+
+    /// Close the tables and add the audience counts.
+    fn finish(self, txn: &WriteTransaction) -> Result<()> {
+        let Settling { marks, .. } = self;
+        marks.finish(txn)
+    }
 }
 
 /// Make the user known (a member of the whole tenant from now on) unless they are.
@@ -862,9 +886,9 @@ impl Inbox for EmbeddedStore {
         let (tenant, user, ids) = (tenant.to_string(), user.to_string(), ids.to_vec());
         self.engine
             .write(move |txn| {
-                let mut counts = audience::Counts::new();
-                let changed = set_inbox_status_in(txn, &tenant, &user, &ids, status, &mut counts)?;
-                audience::add_counts(txn, counts)?;
+                let mut settling = Settling::open(txn)?;
+                let changed = settling.set_status(&tenant, &user, &ids, status)?;
+                settling.finish(txn)?;
                 Ok(changed)
             })
             .await
@@ -894,19 +918,18 @@ impl Inbox for EmbeddedStore {
         let batch = batch.to_vec();
         self.engine
             .write(move |txn| {
-                let mut counts = audience::Counts::new();
+                let mut settling = Settling::open(txn)?;
                 let mut out = Vec::with_capacity(batch.len());
                 for s in &batch {
                     let (t, u) = (s.tenant_id.as_str(), s.user_id.as_str());
-                    let changed = set_inbox_status_in(txn, t, u, &s.ids, s.status, &mut counts)?;
-                    let mut table = txn.open_table(STATUS).map_err(storage_err)?;
+                    let changed = settling.set_status(t, u, &s.ids, s.status)?;
                     let st = DeliveryStatus::inapp(u, s.state);
                     for id in &changed {
-                        put_status_in(&mut table, t, id, &st)?;
+                        put_status_in(&mut settling.status, t, id, &st)?;
                     }
                     out.push(changed);
                 }
-                audience::add_counts(txn, counts)?;
+                settling.finish(txn)?;
                 Ok(out)
             })
             .await
@@ -934,10 +957,9 @@ impl Inbox for EmbeddedStore {
         let own = self
             .engine
             .write(move |txn| {
-                let mut counts = audience::Counts::new();
-                let changed =
-                    set_inbox_status_in(txn, &tenant, &user, &ids, InboxStatus::Read, &mut counts)?;
-                audience::add_counts(txn, counts)?;
+                let mut settling = Settling::open(txn)?;
+                let changed = settling.set_status(&tenant, &user, &ids, InboxStatus::Read)?;
+                settling.finish(txn)?;
                 audience::read_all(txn, &tenant, &user)?;
                 Ok(changed.len() as u64)
             })
