@@ -1463,20 +1463,62 @@ async fn sparse_read_and_delete(store: &dyn Store, t: &str) {
 }
 
 /// "Read all" marks every own row and every audience message posted so far read, not the
-/// ones posted after it.
+/// ones posted after it; an ack after it moves nothing back, the unread count follows.
 async fn read_all_is_one_mark(store: &dyn Store, t: &str) {
     store.subscribe(t, "a", "u").await.unwrap();
     for i in 0..5 {
         post(store, t, &format!("p{i}"), vec![topic("a")], &[]).await;
     }
     own(store, t, "u", "o1").await;
-    assert_eq!(store.unread_count(t, "u").await.unwrap(), 6);
-    assert_eq!(store.mark_all_read(t, "u").await.unwrap(), 6);
+    own(store, t, "u", "o2").await;
+    let o = |id: &str| vec![id.to_string()];
+    store
+        .set_inbox_status(t, "u", &o("o2"), InboxStatus::Delivered)
+        .await
+        .unwrap();
+    // delivered is not read yet
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 7);
+    assert_eq!(store.mark_all_read(t, "u").await.unwrap(), 7);
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 0);
+    // own rows are read too, without being rewritten one by one
+    let items = store.inbox_page(t, "u", None, 100).await.unwrap();
+    assert_eq!(items.len(), 7);
+    assert!(
+        items.iter().all(|i| i.status == InboxStatus::Read),
+        "everything before the read mark reads as read: {items:?}"
+    );
+    assert!(
+        store
+            .settle_inapp(
+                t,
+                "u",
+                &o("o1"),
+                InboxStatus::Delivered,
+                DeliveryState::Delivered
+            )
+            .await
+            .unwrap()
+            .is_empty(),
+        "an ack after read-all moves nothing back"
+    );
     assert_eq!(store.unread_count(t, "u").await.unwrap(), 0);
     post(store, t, "later", vec![topic("a")], &[]).await;
-    assert_eq!(store.unread_count(t, "u").await.unwrap(), 1);
+    own(store, t, "u", "o3").await;
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 2);
     let unread = store.inbox_after(t, "u", 0, true, 100).await.unwrap();
-    assert_eq!(ids(&unread), vec!["later"]);
+    assert_eq!(ids(&unread), vec!["later", "o3"]);
+    // deleting a row read by the mark hides it and leaves the count alone
+    store
+        .set_inbox_status(t, "u", &o("o1"), InboxStatus::Deleted)
+        .await
+        .unwrap();
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 2);
+    assert!(!ids(&store.inbox_page(t, "u", None, 100).await.unwrap()).contains(&"o1"));
+    store
+        .settle_inapp(t, "u", &o("o3"), InboxStatus::Read, DeliveryState::Read)
+        .await
+        .unwrap();
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 1);
 }
 
 fn ids(items: &[InboxItem]) -> Vec<&str> {

@@ -12,7 +12,7 @@
 //!   sees it is decided by membership history: a user sees an audience message if they were a
 //!   member when it was posted (a user who joins later does not see it, one who leaves later
 //!   keeps it). Reads, acks and deletes of audience messages are stored only for the users who
-//!   act, and "read all" is one write per user (a read watermark).
+//!   act, and "read all" is one write per user (a read mark, for own rows too).
 //! - **One order per user.** A user's own rows and the audience messages they see share one
 //!   sequence space: every inbox method merges them by sequence, each message once.
 //! - **Idempotent inbox.** [`Inbox::append_inbox`] writes at most one row per
@@ -300,8 +300,9 @@ pub trait Inbox: Statuses {
         }
         Ok(out)
     }
-    /// Mark every unread row read, and every audience message posted so far (one write);
-    /// returns how many changed (audience messages counted up to [`UNREAD_CAP`]).
+    /// Mark every own row and every audience message the user has so far read, by one read
+    /// mark (rows are not rewritten one by one); returns how many were unread (audience
+    /// messages counted up to [`UNREAD_CAP`]).
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64>;
 }
 

@@ -10,7 +10,8 @@
 //!   user sees in that audience (`to` is `u64::MAX` while a member)
 //! - `audience_size`: `(tenant, audience key)` to its member count now
 //! - `marks`: `(tenant, user, seq)` to the status a user gave an audience message (sparse)
-//! - `read_mark`: `(tenant, user)` to the sequence up to which every audience message is read
+//! - `read_mark`: `(tenant, user)` to the sequence up to which every message the user has
+//!   (own row or audience message) is read: "read all" writes it and nothing else
 //!
 //! One counter orders everything: own rows and audience messages take their sequence from it
 //! inside the writer's transaction, so sequences grow in commit order and a reader resuming
@@ -341,10 +342,16 @@ fn status_of(mark: Option<u8>, seq: u64, read_mark: u64) -> InboxStatus {
         Some(3) => InboxStatus::Deleted,
         _ => InboxStatus::Unread,
     };
-    if seq <= read_mark && marked < InboxStatus::Read {
+    seen_as(marked, seq, read_mark)
+}
+
+/// The status a user sees of a message at `seq` stored as `stored` (an own row's status, an
+/// audience message's mark): read when the user's read mark ("read all") is at or past it.
+pub(super) fn seen_as(stored: InboxStatus, seq: u64, read_mark: u64) -> InboxStatus {
+    if seq <= read_mark && stored < InboxStatus::Read {
         InboxStatus::Read
     } else {
-        marked
+        stored
     }
 }
 
@@ -403,6 +410,11 @@ impl<'t> Marks<'t> {
         })
     }
 
+    /// The user's read mark: every message (own or audience) up to it is read.
+    pub(super) fn read_mark(&self, t: &str, u: &str) -> Result<u64> {
+        read_mark_of(&self.read_mark, t, u)
+    }
+
     /// Move the audience messages `ids` the user sees forward to `status` (sparse marks);
     /// returns the ids that changed.
     pub(super) fn set_status(
@@ -415,7 +427,7 @@ impl<'t> Marks<'t> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let read_mark = read_mark_of(&self.read_mark, t, u)?;
+        let read_mark = self.read_mark(t, u)?;
         let mut changed = Vec::new();
         for id in ids {
             self.key.clear();
@@ -475,7 +487,8 @@ impl<'t> Marks<'t> {
     }
 }
 
-/// Set the user's read mark to everything posted so far (one write).
+/// Set the user's read mark to everything written so far (one write): own rows and audience
+/// messages up to it read as read.
 pub(super) fn read_all(txn: &WriteTransaction, t: &str, u: &str) -> Result<()> {
     let now = counter(txn)?;
     let mut rm = txn.open_table(READ_MARK).map_err(storage_err)?;
@@ -618,13 +631,15 @@ pub(super) fn scan(r: &ReadTransaction, t: &str, u: &str, s: Scan) -> Result<Vec
         }
         let Some((raw, own)) = taken else { break };
         let mut item: InboxItem = from_json(&raw)?;
-        if !own {
+        item.status = if own {
+            seen_as(item.status, seq, read_mark)
+        } else {
             let mark = marks
                 .get((t, u, seq))
                 .map_err(storage_err)?
                 .map(|v| v.value());
-            item.status = status_of(mark, seq, read_mark);
-        }
+            status_of(mark, seq, read_mark)
+        };
         if item.status == InboxStatus::Deleted || (s.unread_only && !item.status.is_unread()) {
             continue;
         }

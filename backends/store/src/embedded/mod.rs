@@ -270,6 +270,7 @@ impl<'t> Settling<'t> {
         let mut changed = Vec::new();
         let mut others = Vec::new();
         let mut unread_delta: i64 = 0;
+        let mut read_mark = None;
         for id in ids {
             let Some(seq) = self
                 .idx
@@ -289,10 +290,15 @@ impl<'t> Settling<'t> {
                 continue;
             };
             let mut item: InboxItem = from_json(&raw)?;
-            if inbox_rank(status) <= inbox_rank(item.status) {
+            let read_mark = match read_mark {
+                Some(m) => m,
+                None => *read_mark.insert(self.marks.read_mark(tenant, user)?),
+            };
+            let before = audience::seen_as(item.status, seq, read_mark);
+            if inbox_rank(status) <= inbox_rank(before) {
                 continue;
             }
-            if item.status.is_unread() && !status.is_unread() {
+            if before.is_unread() && !status.is_unread() {
                 unread_delta -= 1;
             }
             item.status = status;
@@ -936,32 +942,20 @@ impl Inbox for EmbeddedStore {
     }
 
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64> {
-        // own rows one by one (their statuses are per row), audience messages by one read mark
-        let (ids, shared): (Vec<String>, u64) = {
-            let r = self.engine.read()?;
-            let idx = r.open_table(INBOX).map_err(storage_err)?;
-            let mut ids = Vec::new();
-            for row in idx
-                .range((tenant, user, 0)..=(tenant, user, u64::MAX))
-                .map_err(storage_err)?
-            {
-                let (_, v) = row.map_err(storage_err)?;
-                let item: InboxItem = from_json(v.value())?;
-                if item.status.is_unread() {
-                    ids.push(item.message_id);
-                }
-            }
-            (ids, audience::unread(&r, tenant, user)?)
-        };
+        // one read mark for own rows and audience messages alike: rows are not rewritten
+        let shared = audience::unread(&self.engine.read()?, tenant, user)?;
         let (tenant, user) = (tenant.to_string(), user.to_string());
         let own = self
             .engine
             .write(move |txn| {
-                let mut settling = Settling::open(txn)?;
-                let changed = settling.set_status(&tenant, &user, &ids, InboxStatus::Read)?;
-                settling.finish(txn)?;
+                let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
+                let own = unread
+                    .remove((tenant.as_str(), user.as_str()))
+                    .map_err(storage_err)?
+                    .map_or(0, |v| v.value());
+                drop(unread);
                 audience::read_all(txn, &tenant, &user)?;
-                Ok(changed.len() as u64)
+                Ok(own)
             })
             .await?;
         Ok(own + shared)
