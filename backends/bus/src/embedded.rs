@@ -163,6 +163,38 @@ impl EmbeddedBus {
         Ok(bus)
     }
 
+    /// A new member of `group` on `topic`.
+    fn member(&self, group: &str, topic: &str, start: Start) -> Result<EmbeddedConsumer> {
+        let partitions = self.partitions(topic)?;
+        let id = self
+            .inner
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .groups
+            .lock()
+            .expect("groups lock")
+            .entry((group.to_string(), topic.to_string()))
+            .or_default()
+            .ids
+            .push(id);
+        self.inner.membership.send_modify(|v| *v += 1);
+        Ok(EmbeddedConsumer {
+            bus: self.clone(),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            partitions,
+            id,
+            positions: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            stored: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            changes: None,
+            next_partition: 0,
+            start,
+        })
+    }
+
     fn partitions(&self, topic: &str) -> Result<u32> {
         self.inner
             .topics
@@ -354,34 +386,7 @@ impl Bus for EmbeddedBus {
         topic: &str,
         start: Start,
     ) -> Result<Box<dyn Consumer>> {
-        let partitions = self.partitions(topic)?;
-        let id = self
-            .inner
-            .next_member
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner
-            .groups
-            .lock()
-            .expect("groups lock")
-            .entry((group.to_string(), topic.to_string()))
-            .or_default()
-            .ids
-            .push(id);
-        self.inner.membership.send_modify(|v| *v += 1);
-        Ok(Box::new(EmbeddedConsumer {
-            bus: self.clone(),
-            group: group.to_string(),
-            topic: topic.to_string(),
-            partitions,
-            id,
-            positions: BTreeMap::new(),
-            paused: BTreeSet::new(),
-            stored: BTreeMap::new(),
-            committed: BTreeMap::new(),
-            changes: None,
-            next_partition: 0,
-            start,
-        }))
+        Ok(Box::new(self.member(group, topic, start)?))
     }
 
     async fn lag(&self, group: &str, topic: &str) -> Result<u64> {
@@ -477,8 +482,15 @@ impl EmbeddedConsumer {
             let mut groups = self.bus.inner.groups.lock().expect("groups lock");
             if let Some(m) = groups.get_mut(&self.key()) {
                 for p in wanted {
-                    if let std::collections::hash_map::Entry::Vacant(e) = m.holder.entry(p) {
-                        e.insert(self.id);
+                    // ours already: claimed by a sync that failed before it read the offset
+                    let ours = match m.holder.entry(p) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(self.id);
+                            true
+                        }
+                        std::collections::hash_map::Entry::Occupied(e) => *e.get() == self.id,
+                    };
+                    if ours {
                         assigned.push(p);
                     }
                 }
@@ -677,6 +689,35 @@ mod tests {
             EmbeddedBus::open(&dir.path().join("bus.redb"), Duration::from_secs(3600)).unwrap();
         tidings_core::conformance::bus_conformance(&bus, "t").await;
         tidings_core::conformance::runner_conformance(std::sync::Arc::new(bus), "t").await;
+    }
+
+    /// A partition claimed by a sync that failed before reading its offset is taken by the
+    /// next sync, not left held by nobody until the stage restarts.
+    #[tokio::test]
+    async fn a_claim_interrupted_by_a_failed_read_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus =
+            EmbeddedBus::open(&dir.path().join("bus.redb"), Duration::from_secs(3600)).unwrap();
+        bus.ensure_topic(&TopicSpec {
+            name: "a".into(),
+            partitions: 2,
+            replication: 0,
+            retention_ms: None,
+        })
+        .await
+        .unwrap();
+        bus.append(vec![OutRecord::new("a", vec![1], vec![1])])
+            .await
+            .unwrap();
+        let mut c = bus.member("g", "a", Start::Earliest).unwrap();
+        c.sync().await.unwrap();
+        assert_eq!(c.assignment(), vec![0, 1]);
+        // what a failed offset read leaves: the group says we hold 1, we have no position
+        c.positions.remove(&1);
+        c.sync().await.unwrap();
+        assert_eq!(c.assignment(), vec![0, 1]);
+        let got = c.poll(10, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[tokio::test]
