@@ -501,8 +501,13 @@ async fn after_poll<H: Handler>(
         return Ok(false);
     }
     let ledger = lanes[i].ledger.clone();
-    let mut entries = Vec::with_capacity(records.len());
+    let mut entries: Vec<Entry<H::Item>> = Vec::with_capacity(records.len());
+    // partitions revoked while a dead letter waited for the bus: their new holder reads them
+    let mut lost: Vec<u32> = Vec::new();
     for r in records {
+        if lost.contains(&r.partition) {
+            continue;
+        }
         ledger.read(r.partition, r.offset);
         match handler.decode(&r) {
             Ok(item) => entries.push(Entry {
@@ -511,8 +516,12 @@ async fn after_poll<H: Handler>(
                 state: EntryState::Open,
             }),
             Err(e) => {
-                dead_letter(dlq, handler.name(), &r, &e, lanes, shutdown).await?;
-                ledger.done(r.partition, r.offset);
+                if dead_letter(dlq, handler, i, &r, &e, lanes, shutdown).await? {
+                    ledger.done(r.partition, r.offset);
+                } else {
+                    lost.push(r.partition);
+                    entries.retain(|en| en.record.partition != r.partition);
+                }
             }
         }
     }
@@ -619,8 +628,15 @@ async fn process<H: Handler>(
                         break;
                     }
                     let record = entry.record.clone();
-                    dead_letter(dlq, handler.name(), &record, &e, lanes, shutdown).await?;
-                    batch.finish(i);
+                    if dead_letter(dlq, handler, lane, &record, &e, lanes, shutdown).await? {
+                        batch.finish(i);
+                    } else {
+                        // its new holder handles it, and the rest of its partition
+                        batch.drop_partitions(&[partition]);
+                        for q in queue.iter_mut() {
+                            q.drop_partitions(&[partition]);
+                        }
+                    }
                     break;
                 }
             }
@@ -683,16 +699,20 @@ async fn wait_out<H: Handler>(
     Ok(revoked_all)
 }
 
-/// Send `record` to `dlq` with the reason, counted by stage and reason; a bus that is down is
-/// waited out.
-async fn dead_letter(
+/// Send `record` (polled on lane `lane`) to `dlq` with the reason, counted by stage and
+/// reason. A bus that is down is waited out like any passing failure, the lanes paused and
+/// still polled (a Kafka member that stops polling is evicted). Returns false when the
+/// record's partition was revoked meanwhile: its new holder reads it again.
+async fn dead_letter<H: Handler>(
     dlq: &DeadLetters,
-    stage: &'static str,
+    handler: &mut H,
+    lane: usize,
     record: &Record,
     e: &Error,
     lanes: &mut [LaneState],
     shutdown: &CancellationToken,
-) -> Result<()> {
+) -> Result<bool> {
+    let stage = handler.name();
     tracing::warn!(stage, code = e.code, topic = %record.topic, partition = record.partition,
         offset = record.offset, "record dead-lettered");
     metrics::counter!(STAGE_DEAD_LETTERS_TOTAL, "stage" => stage, "reason" => e.code).increment(1);
@@ -703,16 +723,12 @@ async fn dead_letter(
             .append(vec![DeadLetters::letter(&dlq.topic, record, e)])
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(f) if f.is_retriable() && !shutdown.is_cancelled() => {
-                let delay = RetryPolicy::stage()
-                    .next_delay(attempt, &mut rand::thread_rng())
-                    .unwrap_or(Duration::from_secs(5));
-                tracing::warn!(stage, error = %f, ?delay, "dead-lettering failed, retrying");
-                for l in lanes.iter_mut() {
-                    l.set_paused(true)?;
+                let revoked = wait_out(handler, lanes, attempt, &f, shutdown).await?;
+                if revoked.contains(&(lane, record.partition)) {
+                    return Ok(false);
                 }
-                tokio::time::sleep(delay).await;
                 attempt = attempt.saturating_add(1);
             }
             Err(f) => return Err(f),
