@@ -506,7 +506,18 @@ impl ConsumerContext for GroupContext {
         };
         if !offsets.is_empty() {
             let tpl = offsets_list(&self.topic, &offsets);
-            if let Err(e) = base.commit(&tpl, CommitMode::Sync) {
+            // the callback runs inside a poll on an async worker: tell the runtime this one
+            // blocks for a broker round trip (longer while the coordinator is away), so the
+            // worker's other tasks move on meanwhile
+            let commit = || base.commit(&tpl, CommitMode::Sync);
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let done = if multi_thread {
+                tokio::task::block_in_place(commit)
+            } else {
+                commit()
+            };
+            if let Err(e) = done {
                 tracing::warn!(topic = %self.topic, error = %e, "commit before a revoke failed");
             }
         }
