@@ -26,7 +26,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Token for `/v1/admin` (`TIDINGS_ADMIN_TOKEN`); admin routes are off while it is empty.
     pub admin_token: Secret,
-    /// This node's name in logs and presence (`TIDINGS_NODE_ID`).
+    /// This node's name in logs and presence, and of its consumer group on the audience topic
+    /// (`TIDINGS_NODE_ID`); by default the host's name, so nodes on different hosts differ.
     pub node_id: String,
     /// Prefix of every bus topic.
     pub topic_prefix: String,
@@ -44,13 +45,23 @@ pub struct Config {
     pub auth: AuthConfig,
 }
 
+/// The host's name (a pod's or container's own), or `node-1` where it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node-1".into())
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             http_addr: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             admin_token: Secret::default(),
-            node_id: "node-1".into(),
+            node_id: host_name(),
             topic_prefix: "tidings".into(),
             bus: BusConfig::default(),
             store: StoreConfig::default(),

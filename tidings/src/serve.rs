@@ -336,17 +336,6 @@ pub async fn run(config: Config, stages: Stages) -> anyhow::Result<()> {
             "http.max_connections lowered to fit the open-file limit"
         );
     }
-    if stages.delivery
-        && ctx.config.bus.backend != "embedded"
-        && ctx.config.node_id == Config::default().node_id
-    {
-        // every delivery node reads the audience topic in a group named after its id: two
-        // with the same id would split it, each pushing half of the audience messages
-        tracing::warn!(
-            node = %ctx.config.node_id,
-            "TIDINGS_NODE_ID is the default: give each delivery node its own id"
-        );
-    }
     tracing::info!(
         addr = %listener.local_addr()?,
         node = %ctx.config.node_id,
