@@ -286,10 +286,14 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
             .then(|| Box::pin(tokio::time::sleep_until(expires)))
     };
     let mut token_expiry = arm(expires);
+    // made once, not on every turn of the loop: a fan-out wakes every connection once
+    let closed = close.cancelled();
+    let shutting_down = st.shutdown.cancelled();
+    tokio::pin!(closed, shutting_down);
     if write(&mut sink, Message::Text(hello.into()), write_deadline).await {
         loop {
             tokio::select! {
-                _ = close.cancelled() => {
+                _ = &mut closed => {
                     closing = Some(match shared.reason.load(std::sync::atomic::Ordering::Relaxed) {
                         CLOSE_REPLACED => (CLOSE_REPLACED, "too many connections of this user: the oldest was closed"),
                         CLOSE_TENANT_DISABLED => (CLOSE_TENANT_DISABLED, "the tenant is disabled"),
@@ -298,7 +302,7 @@ async fn connection(st: WsState, user: User, socket: WebSocket) {
                     });
                     break;
                 }
-                _ = st.shutdown.cancelled() => { closing = Some((1001, "server shutting down")); break; }
+                _ = &mut shutting_down => { closing = Some((1001, "server shutting down")); break; }
                 _ = async { token_expiry.as_mut().expect("armed").await }, if token_expiry.is_some() => {
                     closing = Some((CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a fresh token"));
                     break;
