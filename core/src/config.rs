@@ -27,7 +27,9 @@ pub struct Config {
     /// Token for `/v1/admin` (`TIDINGS_ADMIN_TOKEN`); admin routes are off while it is empty.
     pub admin_token: Secret,
     /// This node's name in logs and presence, and of its consumer group on the audience topic
-    /// (`TIDINGS_NODE_ID`); by default the host's name, so nodes on different hosts differ.
+    /// (`TIDINGS_NODE_ID`). Empty: [`Config::load`] makes it the host's name and the HTTP
+    /// port, unique among nodes (two on one host listen on different ports) and the same
+    /// across restarts.
     pub node_id: String,
     /// Prefix of every bus topic.
     pub topic_prefix: String,
@@ -45,14 +47,19 @@ pub struct Config {
     pub auth: AuthConfig,
 }
 
-/// The host's name (a pod's or container's own), or `node-1` where it cannot be read.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// `<host name>-<HTTP port>` (the host's name is a pod's or container's own; `node` where it
+/// cannot be read).
+fn default_node_id(http_addr: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "node-1".into())
+        .unwrap_or_else(|| "node".into());
+    match http_addr.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() => format!("{host}-{port}"),
+        _ => host,
+    }
 }
 
 impl Default for Config {
@@ -61,7 +68,7 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             admin_token: Secret::default(),
-            node_id: host_name(),
+            node_id: String::new(),
             topic_prefix: "tidings".into(),
             bus: BusConfig::default(),
             store: StoreConfig::default(),
@@ -433,6 +440,9 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        if cfg.node_id.is_empty() {
+            cfg.node_id = default_node_id(&cfg.http_addr);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -596,6 +606,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_node_id_is_the_host_and_port() {
+        let a = default_node_id("127.0.0.1:8080");
+        let b = default_node_id("0.0.0.0:8081");
+        assert!(a.ends_with("-8080") && b.ends_with("-8081"), "{a} {b}");
+        assert_ne!(a, b, "two nodes on one host differ");
+        assert_eq!(
+            default_node_id("[::1]:9000").rsplit_once('-').unwrap().1,
+            "9000"
+        );
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {
