@@ -516,11 +516,13 @@ async fn after_poll<H: Handler>(
                 state: EntryState::Open,
             }),
             Err(e) => {
-                if dead_letter(dlq, handler, i, &r, &e, lanes, shutdown).await? {
+                let revoked = dead_letter(dlq, handler, i, &r, &e, lanes, shutdown).await?;
+                if !revoked.contains(&r.partition) {
                     ledger.done(r.partition, r.offset);
-                } else {
-                    lost.push(r.partition);
-                    entries.retain(|en| en.record.partition != r.partition);
+                }
+                if !revoked.is_empty() {
+                    lost.extend(revoked);
+                    entries.retain(|en| !lost.contains(&en.record.partition));
                 }
             }
         }
@@ -628,14 +630,16 @@ async fn process<H: Handler>(
                         break;
                     }
                     let record = entry.record.clone();
-                    if dead_letter(dlq, handler, lane, &record, &e, lanes, shutdown).await? {
+                    let revoked =
+                        dead_letter(dlq, handler, lane, &record, &e, lanes, shutdown).await?;
+                    if !revoked.contains(&partition) {
                         batch.finish(i);
-                    } else {
-                        // its new holder handles it, and the rest of its partition
-                        batch.drop_partitions(&[partition]);
-                        for q in queue.iter_mut() {
-                            q.drop_partitions(&[partition]);
-                        }
+                    }
+                    // partitions lost meanwhile are their new holders' to handle, this
+                    // record's too when it is among them
+                    batch.drop_partitions(&revoked);
+                    for q in queue.iter_mut() {
+                        q.drop_partitions(&revoked);
                     }
                     break;
                 }
@@ -701,8 +705,9 @@ async fn wait_out<H: Handler>(
 
 /// Send `record` (polled on lane `lane`) to `dlq` with the reason, counted by stage and
 /// reason. A bus that is down is waited out like any passing failure, the lanes paused and
-/// still polled (a Kafka member that stops polling is evicted). Returns false when the
-/// record's partition was revoked meanwhile: its new holder reads it again.
+/// still polled (a Kafka member that stops polling is evicted). Returns the partitions of
+/// lane `lane` revoked meanwhile: their records are their new holders' to read again, this
+/// one too (then it was not written) when its partition is among them.
 async fn dead_letter<H: Handler>(
     dlq: &DeadLetters,
     handler: &mut H,
@@ -711,23 +716,30 @@ async fn dead_letter<H: Handler>(
     e: &Error,
     lanes: &mut [LaneState],
     shutdown: &CancellationToken,
-) -> Result<bool> {
+) -> Result<Vec<u32>> {
     let stage = handler.name();
     tracing::warn!(stage, code = e.code, topic = %record.topic, partition = record.partition,
         offset = record.offset, "record dead-lettered");
     metrics::counter!(STAGE_DEAD_LETTERS_TOTAL, "stage" => stage, "reason" => e.code).increment(1);
     let mut attempt = 0u32;
+    let mut lost = Vec::new();
     loop {
         match dlq
             .bus
             .append(vec![DeadLetters::letter(&dlq.topic, record, e)])
             .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(lost),
             Err(f) if f.is_retriable() && !shutdown.is_cancelled() => {
                 let revoked = wait_out(handler, lanes, attempt, &f, shutdown).await?;
-                if revoked.contains(&(lane, record.partition)) {
-                    return Ok(false);
+                lost.extend(
+                    revoked
+                        .into_iter()
+                        .filter(|(l, _)| *l == lane)
+                        .map(|(_, p)| p),
+                );
+                if lost.contains(&record.partition) {
+                    return Ok(lost);
                 }
                 attempt = attempt.saturating_add(1);
             }

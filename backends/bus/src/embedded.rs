@@ -472,6 +472,24 @@ impl EmbeddedConsumer {
             }
             self.bus.inner.membership.send_modify(|v| *v += 1);
         }
+        {
+            // a claim a failed sync left behind (holder set, never read) that is no longer
+            // ours to take: let go, or its new holder would wait for it forever
+            let mut groups = self.bus.inner.groups.lock().expect("groups lock");
+            let mut released = false;
+            if let Some(m) = groups.get_mut(&self.key()) {
+                let positions = &self.positions;
+                m.holder.retain(|p, id| {
+                    let stale = *id == self.id && !target.contains(p) && !positions.contains_key(p);
+                    released |= stale;
+                    !stale
+                });
+            }
+            drop(groups);
+            if released {
+                self.bus.inner.membership.send_modify(|v| *v += 1);
+            }
+        }
         let wanted: Vec<u32> = target
             .iter()
             .filter(|p| !self.positions.contains_key(p))
@@ -718,6 +736,12 @@ mod tests {
         assert_eq!(c.assignment(), vec![0, 1]);
         let got = c.poll(10, Duration::from_secs(1)).await.unwrap();
         assert_eq!(got.len(), 1);
+        // and when the partition is another member's by then, it is let go for them
+        c.positions.remove(&1);
+        let mut d = bus.member("g", "a", Start::Earliest).unwrap();
+        c.sync().await.unwrap();
+        d.sync().await.unwrap();
+        assert_eq!((c.assignment(), d.assignment()), (vec![0], vec![1]));
     }
 
     #[tokio::test]
