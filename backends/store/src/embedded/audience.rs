@@ -46,8 +46,9 @@ pub(super) const READ_MARK: TableDefinition<'static, Key2, u64> = TableDefinitio
 /// Membership intervals kept per (user, audience); a user who joins and leaves more often
 /// than this loses sight of the messages of their oldest intervals.
 const INTERVALS_KEPT: usize = 64;
-/// The layout this code writes: 2 added audiences (1: one row per recipient).
-const LAYOUT: u64 = 2;
+/// The layout this code writes: 3 applies the read mark to own rows, 2 added audiences (1: one
+/// row per recipient).
+const LAYOUT: u64 = 3;
 
 /// What `audience_messages` holds.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -57,9 +58,10 @@ struct AudMsg {
     recipients: u64,
 }
 
-/// Create the tables, and bring a store written by an earlier version to this layout: the
-/// counter starts after every per-user sequence, and existing subscribers, tag holders and
-/// users are members from the start.
+/// Create the tables, and bring a store written by an earlier version to this layout: from
+/// layout 1, the counter starts after every per-user sequence, and existing subscribers, tag
+/// holders and users are members from the start; from layout 2, own-row unread counts are
+/// recounted after each user's read mark.
 pub(super) fn init(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(TIMELINE).map_err(storage_err)?;
     txn.open_table(AUD_MSG).map_err(storage_err)?;
@@ -76,6 +78,64 @@ pub(super) fn init(txn: &WriteTransaction) -> Result<()> {
     if layout.is_some_and(|l| l >= LAYOUT) {
         return Ok(());
     }
+    if layout.is_none_or(|l| l < 2) {
+        to_layout_2(txn)?;
+    }
+    recount_unread(txn)?;
+    let mut meta = txn.open_table(META).map_err(storage_err)?;
+    meta.insert("layout", LAYOUT).map_err(storage_err)?;
+    Ok(())
+}
+
+/// Layout 3: own rows up to a user's read mark read as read, so only the unread rows after it
+/// count. (A "read all" of layout 2 rewrote rows it had listed in an earlier read, so a row
+/// written meanwhile could stay unread below the mark, counted.)
+fn recount_unread(txn: &WriteTransaction) -> Result<()> {
+    let marked: Vec<(String, String, u64)> = {
+        let rm = txn.open_table(READ_MARK).map_err(storage_err)?;
+        let mut out = Vec::new();
+        for row in rm.iter().map_err(storage_err)? {
+            let (k, v) = row.map_err(storage_err)?;
+            let (t, u) = k.value();
+            out.push((t.to_string(), u.to_string(), v.value()));
+        }
+        out
+    };
+    let inbox = txn.open_table(INBOX).map_err(storage_err)?;
+    let mut counts = Vec::with_capacity(marked.len());
+    for (t, u, mark) in &marked {
+        let mut n = 0u64;
+        let after = mark.saturating_add(1);
+        for row in inbox
+            .range((t.as_str(), u.as_str(), after)..=(t.as_str(), u.as_str(), u64::MAX))
+            .map_err(storage_err)?
+        {
+            let (_, v) = row.map_err(storage_err)?;
+            let item: InboxItem = from_json(v.value())?;
+            if item.status.is_unread() {
+                n += 1;
+            }
+        }
+        counts.push((t, u, n));
+    }
+    drop(inbox);
+    let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
+    for (t, u, n) in counts {
+        if n == 0 {
+            unread
+                .remove((t.as_str(), u.as_str()))
+                .map_err(storage_err)?;
+        } else {
+            unread
+                .insert((t.as_str(), u.as_str()), n)
+                .map_err(storage_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Layout 2: one counter above every per-user sequence; members from the start.
+fn to_layout_2(txn: &WriteTransaction) -> Result<()> {
     let mut top = 0u64;
     {
         let seqs = txn.open_table(super::USER_SEQ).map_err(storage_err)?;
@@ -107,7 +167,6 @@ pub(super) fn init(txn: &WriteTransaction) -> Result<()> {
         .map_err(storage_err)?
         .map_or(0, |v| v.value());
     meta.insert("seq", counter.max(top)).map_err(storage_err)?;
-    meta.insert("layout", LAYOUT).map_err(storage_err)?;
     drop(meta);
     for (t, u, key) in &joins {
         join_at(txn, t, u, key, 0)?;

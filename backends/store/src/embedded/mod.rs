@@ -1161,6 +1161,53 @@ mod tests {
         assert_eq!(m.len(), 2, "member of the tenant and the topic: {m:?}");
     }
 
+    /// A "read all" of layout 2 could leave an own row written during it unread below the read
+    /// mark, counted; layout 3 reads it as read and recounts.
+    #[tokio::test]
+    async fn layout_2_unread_counts_are_recounted_after_the_read_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let row = |id: &str| NewInboxRow {
+            tenant_id: "t".into(),
+            user_id: "u".into(),
+            item: InboxItem {
+                message_id: id.into(),
+                seq: 0,
+                title: String::new(),
+                body: String::new(),
+                data: serde_json::Value::Null,
+                priority: Priority::Normal,
+                category: None,
+                status: InboxStatus::Unread,
+                created_at_ms: 0,
+            },
+        };
+        let below = store.append_inbox(&[row("below")]).await.unwrap()[0].seq;
+        store.append_inbox(&[row("after")]).await.unwrap();
+        store
+            .engine
+            .write(move |txn| {
+                // as layout 2 could leave it: the mark past "below", both still counted
+                let mut rm = txn.open_table(audience::READ_MARK).map_err(storage_err)?;
+                rm.insert(("t", "u"), below).map_err(storage_err)?;
+                let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
+                unread.insert(("t", "u"), 2).map_err(storage_err)?;
+                let mut meta = txn.open_table(audience::META).map_err(storage_err)?;
+                meta.insert("layout", 2).map_err(storage_err)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.engine.write(audience::init).await.unwrap();
+        assert_eq!(store.unread_count("t", "u").await.unwrap(), 1);
+        let changed = store
+            .set_inbox_status("t", "u", &["after".to_string()], InboxStatus::Read)
+            .await
+            .unwrap();
+        assert_eq!(changed, vec!["after".to_string()]);
+        assert_eq!(store.unread_count("t", "u").await.unwrap(), 0);
+    }
+
     fn tpl(title: &str) -> Template {
         Template {
             inapp: InappTemplate {
