@@ -700,6 +700,15 @@ impl Consumer for EmbeddedConsumer {
 mod tests {
     use super::*;
 
+    fn two_partitions(name: &str) -> TopicSpec {
+        TopicSpec {
+            name: name.into(),
+            partitions: 2,
+            replication: 0,
+            retention_ms: None,
+        }
+    }
+
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
@@ -716,14 +725,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bus =
             EmbeddedBus::open(&dir.path().join("bus.redb"), Duration::from_secs(3600)).unwrap();
-        bus.ensure_topic(&TopicSpec {
-            name: "a".into(),
-            partitions: 2,
-            replication: 0,
-            retention_ms: None,
-        })
-        .await
-        .unwrap();
+        bus.ensure_topic(&two_partitions("a")).await.unwrap();
         bus.append(vec![OutRecord::new("a", vec![1], vec![1])])
             .await
             .unwrap();
@@ -750,14 +752,7 @@ mod tests {
         let path = dir.path().join("bus.redb");
         {
             let bus = EmbeddedBus::open(&path, Duration::from_secs(3600)).unwrap();
-            bus.ensure_topic(&TopicSpec {
-                name: "a".into(),
-                partitions: 2,
-                replication: 0,
-                retention_ms: None,
-            })
-            .await
-            .unwrap();
+            bus.ensure_topic(&two_partitions("a")).await.unwrap();
             let recs = (0..10u8)
                 .map(|i| OutRecord::new("a", vec![i], vec![i]))
                 .collect();

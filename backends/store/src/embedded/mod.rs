@@ -1117,6 +1117,25 @@ mod tests {
         tidings_core::conformance::store_conformance(&store, "c").await;
     }
 
+    /// A row of user `u` of tenant `t`.
+    fn row(id: &str) -> NewInboxRow {
+        NewInboxRow {
+            tenant_id: "t".into(),
+            user_id: "u".into(),
+            item: InboxItem {
+                message_id: id.into(),
+                seq: 0,
+                title: String::new(),
+                body: String::new(),
+                data: serde_json::Value::Null,
+                priority: Priority::Normal,
+                category: None,
+                status: InboxStatus::Unread,
+                created_at_ms: 0,
+            },
+        }
+    }
+
     /// A store written before audiences (per-user sequences, no membership history) moves to
     /// one counter above every old sequence, and its subscribers and users are members.
     #[tokio::test]
@@ -1141,22 +1160,7 @@ mod tests {
             .await
             .unwrap();
         store.engine.write(audience::init).await.unwrap();
-        let row = NewInboxRow {
-            tenant_id: "t".into(),
-            user_id: "u".into(),
-            item: InboxItem {
-                message_id: "m".into(),
-                seq: 0,
-                title: String::new(),
-                body: String::new(),
-                data: serde_json::Value::Null,
-                priority: Priority::Normal,
-                category: None,
-                status: InboxStatus::Unread,
-                created_at_ms: 0,
-            },
-        };
-        assert_eq!(store.append_inbox(&[row]).await.unwrap()[0].seq, 42);
+        assert_eq!(store.append_inbox(&[row("m")]).await.unwrap()[0].seq, 42);
         let m = store.memberships("t", "u").await.unwrap();
         assert_eq!(m.len(), 2, "member of the tenant and the topic: {m:?}");
     }
@@ -1167,21 +1171,6 @@ mod tests {
     async fn layout_2_unread_counts_are_recounted_after_the_read_mark() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
-        let row = |id: &str| NewInboxRow {
-            tenant_id: "t".into(),
-            user_id: "u".into(),
-            item: InboxItem {
-                message_id: id.into(),
-                seq: 0,
-                title: String::new(),
-                body: String::new(),
-                data: serde_json::Value::Null,
-                priority: Priority::Normal,
-                category: None,
-                status: InboxStatus::Unread,
-                created_at_ms: 0,
-            },
-        };
         let below = store.append_inbox(&[row("below")]).await.unwrap()[0].seq;
         store.append_inbox(&[row("after")]).await.unwrap();
         store
