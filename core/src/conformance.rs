@@ -1525,10 +1525,47 @@ fn ids(items: &[InboxItem]) -> Vec<&str> {
     items.iter().map(|i| i.message_id.as_str()).collect()
 }
 
+/// A bus whose appends fail as unavailable `refusals` times, then pass through.
+struct Refusing {
+    inner: std::sync::Arc<dyn Bus>,
+    refusals: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Bus for Refusing {
+    async fn ensure_topic(&self, spec: &TopicSpec) -> crate::Result<crate::bus::TopicState> {
+        self.inner.ensure_topic(spec).await
+    }
+    async fn append(&self, records: Vec<OutRecord>) -> crate::Result<Vec<crate::bus::Position>> {
+        use std::sync::atomic::Ordering;
+        let left = self.refusals.load(Ordering::Relaxed);
+        if left > 0 {
+            self.refusals.store(left - 1, Ordering::Relaxed);
+            return Err(crate::Error::unavailable("the bus is down (test)"));
+        }
+        self.inner.append(records).await
+    }
+    async fn consumer_from(
+        &self,
+        group: &str,
+        topic: &str,
+        start: Start,
+    ) -> crate::Result<Box<dyn Consumer>> {
+        self.inner.consumer_from(group, topic, start).await
+    }
+    async fn lag(&self, group: &str, topic: &str) -> crate::Result<u64> {
+        self.inner.lag(group, topic).await
+    }
+    async fn ready(&self) -> crate::Result<()> {
+        self.inner.ready().await
+    }
+}
+
 /// The stage runner ([`crate::stage`]) on a backend: undecodable records and records that
-/// fail for good are dead-lettered with their reason, passing failures are retried without
-/// redoing finished records, order within a partition holds, the stage never stops on a bad
-/// record, and everything ends committed.
+/// fail for good are dead-lettered with their reason (each once, also when the dead-letter
+/// topic refuses appends for a while), passing failures are retried without redoing finished
+/// records, order within a partition holds, the stage never stops on a bad record, and
+/// everything ends committed.
 pub async fn runner_conformance(bus: std::sync::Arc<dyn Bus>, prefix: &str) {
     use crate::stage::{Batch, DeadLetters, Handler, Lane};
     use std::sync::{Arc, Mutex};
@@ -1600,8 +1637,13 @@ pub async fn runner_conformance(bus: std::sync::Arc<dyn Bus>, prefix: &str) {
         consumer: bus.consumer("stage", &topic).await.unwrap(),
         max: 64,
     }];
+    // the dead-letter topic refuses the first appends, as a bus that is down does: the
+    // runner waits them out (polling, paused) and writes each letter once
     let letters = DeadLetters {
-        bus: bus.clone(),
+        bus: Arc::new(Refusing {
+            inner: bus.clone(),
+            refusals: std::sync::atomic::AtomicU32::new(2),
+        }),
         topic: dlq.clone(),
     };
     let runner = tokio::spawn(crate::stage::run_with(
@@ -1638,6 +1680,14 @@ pub async fn runner_conformance(bus: std::sync::Arc<dyn Bus>, prefix: &str) {
     let mut reader = bus.consumer("dlq-reader", &dlq).await.unwrap();
     let letters = read_n(reader.as_mut(), 2, Duration::from_secs(30)).await;
     assert_eq!(letters.len(), 2);
+    assert!(
+        reader
+            .poll(10, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "each letter once"
+    );
     assert!(letters[0]
         .value
         .starts_with(b"undecodable: not four bytes\n??"));
