@@ -37,13 +37,27 @@ struct Inner {
     topics: Mutex<HashMap<String, u32>>,
     /// Next offset per (topic, partition).
     heads: Mutex<HashMap<(String, u32), u64>>,
-    /// Bumped after every commit that appended records.
-    appended: tokio::sync::watch::Sender<u64>,
+    /// Per topic, bumped after every commit that appended records to it: a waiting consumer
+    /// wakes for its own topic only, not for every append of the bus.
+    appended: Mutex<HashMap<String, Arc<tokio::sync::watch::Sender<u64>>>>,
     /// Members and partition holders per (group, topic).
     groups: Mutex<HashMap<(String, String), Members>>,
     /// Bumped whenever a member joins, leaves or lets a partition go.
     membership: tokio::sync::watch::Sender<u64>,
     next_member: std::sync::atomic::AtomicU64,
+}
+
+impl Inner {
+    /// The append signal of `topic`.
+    fn appended(&self, topic: &str) -> Arc<tokio::sync::watch::Sender<u64>> {
+        let mut m = self.appended.lock().expect("appended lock");
+        if let Some(tx) = m.get(topic) {
+            return tx.clone();
+        }
+        let tx = Arc::new(tokio::sync::watch::channel(0).0);
+        m.insert(topic.to_string(), tx.clone());
+        tx
+    }
 }
 
 /// The live members of one group on one topic, and who holds which partition.
@@ -133,14 +147,13 @@ impl EmbeddedBus {
                 topics.insert(name, parts);
             }
         }
-        let (appended, _) = tokio::sync::watch::channel(0);
         let (membership, _) = tokio::sync::watch::channel(0);
         let bus = EmbeddedBus {
             inner: Arc::new(Inner {
                 engine,
                 topics: Mutex::new(topics),
                 heads: Mutex::new(heads),
-                appended,
+                appended: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 membership,
                 next_member: std::sync::atomic::AtomicU64::new(1),
@@ -350,6 +363,9 @@ impl Bus for EmbeddedBus {
         for r in &records {
             parts.push(partition_for(&r.key, self.partitions(&r.topic)?));
         }
+        let mut topics: Vec<String> = records.iter().map(|r| r.topic.clone()).collect();
+        topics.sort_unstable();
+        topics.dedup();
         let inner = self.inner.clone();
         let positions = self
             .inner
@@ -376,7 +392,9 @@ impl Bus for EmbeddedBus {
                 Ok(out)
             })
             .await?;
-        self.inner.appended.send_modify(|v| *v += 1);
+        for t in &topics {
+            self.inner.appended(t).send_modify(|v| *v += 1);
+        }
         Ok(positions)
     }
 
@@ -638,7 +656,7 @@ impl Consumer for EmbeddedConsumer {
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut appended = self.bus.inner.appended.subscribe();
+        let mut appended = self.bus.inner.appended(&self.topic).subscribe();
         let mut membership = self.bus.inner.membership.subscribe();
         loop {
             appended.borrow_and_update();
