@@ -174,7 +174,7 @@ fn to_layout_2(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// The user's read mark: every audience message up to it is read.
+/// The user's read mark: every message (own row or audience message) up to it is read.
 fn read_mark_of(rm: &impl ReadableTable<Key2, u64>, t: &str, u: &str) -> Result<u64> {
     Ok(rm
         .get((t, u))
@@ -417,10 +417,10 @@ pub(super) fn seen_as(stored: InboxStatus, seq: u64, read_mark: u64) -> InboxSta
 /// Acks and reads of audience messages counted in one write transaction, per (tenant,
 /// message id): `[delivered, read]`, added to `audience_counts` once at its end
 /// ([`add_counts`]), so a thousand acks of one message rewrite its counts once.
-pub(super) type Counts = std::collections::BTreeMap<(String, String), [u64; 2]>;
+type Counts = std::collections::BTreeMap<(String, String), [u64; 2]>;
 
 /// Add what a transaction counted to the messages' counts.
-pub(super) fn add_counts(txn: &WriteTransaction, counts: Counts) -> Result<()> {
+fn add_counts(txn: &WriteTransaction, counts: Counts) -> Result<()> {
     if counts.is_empty() {
         return Ok(());
     }
@@ -440,8 +440,6 @@ pub(super) fn add_counts(txn: &WriteTransaction, counts: Counts) -> Result<()> {
     Ok(())
 }
 
-/// Move audience messages (ids that are not own rows) forward to `status` for one user;
-/// returns the ids that changed, and counts the acks and reads in `counts`.
 /// The audience side of acks and reads in one write: the tables opened once, each audience
 /// message decoded once, and the counts added once at [`Marks::finish`]. A fan-out's acks
 /// arrive together, so one write carries thousands of users acking the same message.
@@ -474,19 +472,16 @@ impl<'t> Marks<'t> {
         read_mark_of(&self.read_mark, t, u)
     }
 
-    /// Move the audience messages `ids` the user sees forward to `status` (sparse marks);
-    /// returns the ids that changed.
+    /// Move the audience messages `ids` the user sees forward to `status` (sparse marks), for
+    /// a user whose read mark is `read_mark`; returns the ids that changed.
     pub(super) fn set_status(
         &mut self,
         t: &str,
         u: &str,
         ids: &[&String],
         status: InboxStatus,
+        read_mark: u64,
     ) -> Result<Vec<String>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let read_mark = self.read_mark(t, u)?;
         let mut changed = Vec::new();
         for id in ids {
             self.key.clear();

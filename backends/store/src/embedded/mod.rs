@@ -270,7 +270,7 @@ impl<'t> Settling<'t> {
         let mut changed = Vec::new();
         let mut others = Vec::new();
         let mut unread_delta: i64 = 0;
-        let mut read_mark = None;
+        let read_mark = self.marks.read_mark(tenant, user)?;
         for id in ids {
             let Some(seq) = self
                 .idx
@@ -290,10 +290,6 @@ impl<'t> Settling<'t> {
                 continue;
             };
             let mut item: InboxItem = from_json(&raw)?;
-            let read_mark = match read_mark {
-                Some(m) => m,
-                None => *read_mark.insert(self.marks.read_mark(tenant, user)?),
-            };
             let before = audience::seen_as(item.status, seq, read_mark);
             if inbox_rank(status) <= inbox_rank(before) {
                 continue;
@@ -320,7 +316,10 @@ impl<'t> Settling<'t> {
                 .map_err(storage_err)?;
         }
         // ids without an own row: audience messages the user may see
-        changed.extend(self.marks.set_status(tenant, user, &others, status)?);
+        changed.extend(
+            self.marks
+                .set_status(tenant, user, &others, status, read_mark)?,
+        );
         Ok(changed)
     }
 
