@@ -363,9 +363,11 @@ impl Bus for EmbeddedBus {
         for r in &records {
             parts.push(partition_for(&r.key, self.partitions(&r.topic)?));
         }
-        let mut topics: Vec<String> = records.iter().map(|r| r.topic.clone()).collect();
+        // the append signals of the topics written, to wake their consumers after the commit
+        let mut topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
         topics.sort_unstable();
         topics.dedup();
+        let signals: Vec<_> = topics.iter().map(|t| self.inner.appended(t)).collect();
         let inner = self.inner.clone();
         let positions = self
             .inner
@@ -392,8 +394,8 @@ impl Bus for EmbeddedBus {
                 Ok(out)
             })
             .await?;
-        for t in &topics {
-            self.inner.appended(t).send_modify(|v| *v += 1);
+        for s in signals {
+            s.send_modify(|v| *v += 1);
         }
         Ok(positions)
     }
