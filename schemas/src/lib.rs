@@ -123,10 +123,17 @@ fn bad(m: impl Into<String>) -> Error {
 
 /// Frame an Avro body in the Confluent wire format.
 pub fn frame(schema_id: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + body.len());
+    let mut out = header(schema_id, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The Confluent header of `schema_id` (magic byte 0, the id big-endian), with room for a body
+/// of `body_len` bytes after it.
+fn header(schema_id: u32, body_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + body_len);
     out.push(0);
     out.extend_from_slice(&schema_id.to_be_bytes());
-    out.extend_from_slice(body);
     out
 }
 
@@ -154,9 +161,7 @@ pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8])> {
 /// Encode a record in the Confluent wire format, straight from its fields (serde, guided by
 /// the schema: no intermediate `Value` tree, no schema resolution per record).
 fn encode<T: Serialize>(info: &SchemaInfo, record: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.push(0);
-    out.extend_from_slice(&info.id.to_be_bytes());
+    let mut out = header(info.id, 256);
     write_avro_datum_ref(&info.schema, record, &mut out)
         .expect("records built here match their schema");
     out
@@ -387,9 +392,6 @@ fn request_of(f: Fields) -> Result<NotificationRequest> {
 
 impl Codec {
     pub fn encode_request(&self, r: &NotificationRequest) -> Vec<u8> {
-        fn opt(v: &Option<String>) -> Option<&str> {
-            v.as_deref()
-        }
         encode(
             &self.request,
             &RequestOut {
@@ -399,16 +401,16 @@ impl Codec {
                 to_topics: &r.to.topics,
                 to_tags: &r.to.tags,
                 broadcast: r.to.broadcast,
-                template: opt(&r.template),
+                template: r.template.as_deref(),
                 template_version: r.template_version.map(|v| v as i64),
                 data_json: r.data.to_string(),
-                locale: opt(&r.locale),
-                title: opt(&r.title),
-                body: opt(&r.body),
+                locale: r.locale.as_deref(),
+                title: r.title.as_deref(),
+                body: r.body.as_deref(),
                 priority: prio(r.priority),
-                category: opt(&r.category),
+                category: r.category.as_deref(),
                 channels: r.channels.iter().map(|c| c.as_str()).collect(),
-                idempotency_key: opt(&r.idempotency_key),
+                idempotency_key: r.idempotency_key.as_deref(),
                 ttl_seconds: r.ttl_seconds,
                 send_at_ms: r.send_at_ms,
                 accepted_at_ms: r.accepted_at_ms,
@@ -499,7 +501,6 @@ impl Codec {
     }
 
     pub fn encode_audience(&self, r: &AudienceRecord) -> Vec<u8> {
-        let keys = |a: &mut dyn Iterator<Item = &Audience>| a.map(|a| a.key()).collect();
         let record = match r {
             AudienceRecord::Push {
                 tenant_id,
@@ -512,7 +513,7 @@ impl Codec {
             } => AudienceOut {
                 tenant_id,
                 kind: Symbol(0, "push"),
-                audiences: keys(&mut audiences.iter()),
+                audiences: audiences.iter().map(Audience::key).collect(),
                 since_seqs: Vec::new(),
                 user_id: "",
                 message_id,
@@ -528,7 +529,7 @@ impl Codec {
             } => AudienceOut {
                 tenant_id,
                 kind: Symbol(1, "members"),
-                audiences: keys(&mut memberships.iter().map(|m| &m.audience)),
+                audiences: memberships.iter().map(|m| m.audience.key()).collect(),
                 since_seqs: memberships.iter().map(|m| m.since_seq as i64).collect(),
                 user_id,
                 message_id: "",
