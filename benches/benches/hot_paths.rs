@@ -170,9 +170,11 @@ fn inbox(c: &mut Criterion) {
                 .await
                 .unwrap();
         }
+        // numbered as a router numbers them: by the clock, one owner
+        let next = std::sync::atomic::AtomicU64::new(tidings_core::seq::clock(now_ms()));
         let item = |id: String| InboxItem {
             message_id: id,
-            seq: 0,
+            seq: next.fetch_add(1024, std::sync::atomic::Ordering::Relaxed),
             title: "Order A-1042 shipped".into(),
             body: "2 x lamp, arriving 2026-11-24".into(),
             data: json!({"order": "A-1042"}),

@@ -552,10 +552,20 @@ async fn pause_conformance(bus: &dyn Bus, prefix: &str) {
     assert_eq!(bus.lag("pauser", &topic).await.unwrap(), 0);
 }
 
+/// A fresh sequence, as a writer's [`crate::seq::Sequencer`] numbers rows: by the clock,
+/// above every one given before.
+fn next_seq() -> u64 {
+    static LAST: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let mut last = LAST.lock().unwrap();
+    *last = (*last + 1024).max(crate::seq::clock(crate::model::now_ms()));
+    *last
+}
+
+/// A message numbered now.
 fn item(id: &str, title: &str) -> InboxItem {
     InboxItem {
         message_id: id.into(),
-        seq: 0,
+        seq: next_seq(),
         title: title.into(),
         body: "b".into(),
         data: serde_json::json!({"k": 1}),
@@ -1196,6 +1206,71 @@ pub async fn audience_conformance(store: &dyn Store, prefix: &str) {
     resume_across_own_and_audience(store, &format!("{prefix}-a3")).await;
     sparse_read_and_delete(store, &format!("{prefix}-a4")).await;
     read_all_is_one_mark(store, &format!("{prefix}-a5")).await;
+    reads_stop_below_the_floor(store, &format!("{prefix}-a6")).await;
+}
+
+/// Rows arrive numbered by their writers and may commit out of order: reads and resumes show
+/// only what is below the lowest floor an owner holds, so a resume never passes a row numbered
+/// earlier that commits later; "read all" marks only what reads show.
+async fn reads_stop_below_the_floor(store: &dyn Store, t: &str) {
+    let (o1, o2) = (format!("{t}-owner-1"), format!("{t}-owner-2"));
+    store.subscribe(t, "a", "u").await.unwrap();
+    let first = own(store, t, "u", "first").await;
+    // o1 numbers "early" and holds its floor there; "later", numbered after, commits first
+    let early = item("early", "early");
+    store.hold_floor(&o1, Some(early.seq)).await.unwrap();
+    let later = own(store, t, "u", "later").await;
+    post(store, t, "shared", vec![topic("a")], &[]).await;
+    assert!(later > early.seq);
+    assert_eq!(page(store, t, "u").await, vec!["first"], "nothing above the floor shows");
+    let resumed = store.inbox_after(t, "u", first, false, 10).await.unwrap();
+    assert!(resumed.is_empty(), "a resume stops below the floor: {:?}", ids(&resumed));
+    assert_eq!(
+        store.unread_count(t, "u").await.unwrap(),
+        3,
+        "counts include what does not show yet"
+    );
+    // read all: only what shows is read
+    assert_eq!(store.mark_all_read(t, "u").await.unwrap(), 1);
+    // a second owner's lower floor holds reads lower still, and the lowest floor wins
+    store.hold_floor(&o2, Some(first)).await.unwrap();
+    assert!(page(store, t, "u").await.is_empty(), "the lowest floor wins");
+    store.hold_floor(&o2, None).await.unwrap();
+    // the early row commits, still at the floor: it does not show until the floor rises
+    let row = NewInboxRow {
+        tenant_id: t.into(),
+        user_id: "u".into(),
+        item: early.clone(),
+    };
+    let at = store.append_inbox(&[row]).await.unwrap();
+    assert_eq!(at[0].seq, early.seq, "a row keeps the sequence its writer gave");
+    assert_eq!(page(store, t, "u").await, vec!["first"]);
+    store.hold_floor(&o1, None).await.unwrap();
+    assert_eq!(
+        page(store, t, "u").await,
+        vec!["shared", "later", "early", "first"],
+        "by sequence, not by commit"
+    );
+    let resumed = store.inbox_after(t, "u", first, false, 10).await.unwrap();
+    assert_eq!(ids(&resumed), vec!["early", "later", "shared"]);
+    assert!(
+        resumed.iter().all(|i| i.status == InboxStatus::Unread),
+        "what did not show was not marked read"
+    );
+    assert_eq!(store.unread_count(t, "u").await.unwrap(), 3);
+    assert!(store.last_seq().await.unwrap() >= resumed[2].seq);
+    // a second message at a taken sequence is refused; its writer numbers it again
+    let mut clash = item("clash", "clash");
+    clash.seq = later;
+    let refused = store
+        .append_inbox(&[NewInboxRow {
+            tenant_id: t.into(),
+            user_id: "u".into(),
+            item: clash,
+        }])
+        .await;
+    assert!(refused.is_err(), "a taken sequence is refused");
+    assert_eq!(page(store, t, "u").await.len(), 4);
 }
 
 async fn post(

@@ -10,6 +10,7 @@
 //!   guarantee (feature `testsuite`, enabled by the backends' tests only)
 //! - [`template`]: minijinja rendering; [`auth`]: API keys and user JWTs
 //! - [`egress`]: which addresses tidings may connect to for a tenant (SSRF guard)
+//! - [`seq`]: inbox sequences numbered by their writer, and the floor reads stop below
 //! - [`hint`]: marks a task's writes urgent, so backends may let them overtake bulk writes
 //! - [`cache`]: a bounded cache of tenant and template reads
 //! - [`metrics_names`]: every metric name, declared once
@@ -28,6 +29,7 @@ pub mod http;
 pub mod metrics_names;
 pub mod model;
 pub mod presence;
+pub mod seq;
 pub mod stage;
 pub mod store;
 pub mod template;
@@ -50,6 +52,8 @@ pub struct Context {
     pub route_templates: Arc<template::Renderer>,
     /// Cached reads of tenants and templates ([`cache`]).
     pub hot: Arc<cache::HotReads>,
+    /// This process's inbox sequences ([`seq`]): the router numbers what it writes.
+    pub seqs: Arc<seq::Sequencer>,
 }
 
 impl Context {

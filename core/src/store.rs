@@ -1,6 +1,7 @@
 //! The store port, one trait per aggregate: [`Tenants`], [`Directory`] (users, tags,
 //! subscriptions, memberships), [`Templates`], [`Idempotency`], [`Messages`] (routed messages
-//! and audience messages), [`Inbox`], [`Statuses`] and [`DeadLetters`]. A backend implements
+//! and audience messages), [`Inbox`], [`Sequences`] (owners' floors), [`Statuses`] and
+//! [`DeadLetters`]. A backend implements
 //! all of them and [`Store`]; stages hold an `Arc<dyn Store>` and call any of them on it.
 //! Implementors import [`prelude`]. The conformance suite (`crate::conformance`, feature
 //! `testsuite`) has one function per guarantee.
@@ -18,9 +19,13 @@
 //! - **Idempotent inbox.** [`Inbox::append_inbox`] writes at most one row per
 //!   `(tenant, user, message_id)`; a repeated append returns the existing row's sequence with
 //!   `fresh == false`, so at-least-once upstream never shows a user a message twice.
-//! - **Growing sequences.** Each new inbox row of a user, and each audience message posted
-//!   after it, gets a sequence greater than every earlier one the user can see. Resume reads by
-//!   sequence ([`Inbox::inbox_after`]).
+//! - **Sequences come from the writer.** Rows and audience messages arrive numbered by their
+//!   owner's [`Sequencer`](crate::seq::Sequencer) (time-ordered, unique per owner); no write
+//!   needs a read before it to number a row. A row whose `(tenant, user, seq)` holds another
+//!   message is refused (`sequence_taken`, the writer numbers it again).
+//! - **Reads stop below the floor.** Inbox reads and resumes show only sequences below the
+//!   lowest floor an owner holds ([`Sequences::hold_floor`]), so a reader resuming after one
+//!   never misses a row that commits later with a smaller sequence ([`Inbox::inbox_after`]).
 //! - **Forward-only status.** An inbox row moves unread → delivered → read; deleted hides it.
 //!   Setting an earlier status is a no-op.
 //! - **Tenant isolation.** Every key starts with the tenant id; no call crosses tenants.
@@ -34,7 +39,8 @@ use async_trait::async_trait;
 pub struct NewInboxRow {
     pub tenant_id: String,
     pub user_id: String,
-    /// The row's content; its `seq` and `status` are assigned by the store.
+    /// The row's content, numbered by its writer (`seq`, from a [`crate::seq::Lease`]); its
+    /// `status` is the store's.
     pub item: InboxItem,
 }
 
@@ -54,7 +60,8 @@ pub struct AudiencePost {
     pub audiences: Vec<Audience>,
     /// Users the request listed by name: they get rows of their own, at the message's sequence.
     pub listed: Vec<String>,
-    /// The content; `seq` and `status` are assigned by the store.
+    /// The content, numbered by its writer (`seq`) for every audience and listed user; its
+    /// `status` is the store's.
     pub item: InboxItem,
 }
 
@@ -225,7 +232,8 @@ pub trait Messages: Send + Sync {
     async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()>;
     async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>>;
     /// Write a message once for its audiences (and rows of their own for its listed users), at
-    /// one new sequence; idempotent by message id.
+    /// its sequence `post.item.seq`; idempotent by message id (a repeat keeps the first
+    /// sequence, returned with `fresh == false`).
     async fn post_audience(&self, post: &AudiencePost) -> Result<Posted>;
     /// The audiences and counts of an audience message; `None` for a personal one.
     async fn audience_message(
@@ -238,7 +246,8 @@ pub trait Messages: Send + Sync {
 /// The store port, each user's inbox: own rows merged with the audience messages they see.
 #[async_trait]
 pub trait Inbox: Statuses {
-    /// Append inbox rows, one per (tenant, user, message id); results in input order.
+    /// Append inbox rows at their sequences, one per (tenant, user, message id); results in
+    /// input order (a repeat keeps the first row's sequence, with `fresh == false`).
     async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>>;
     /// Newest first, visible rows and audience messages with `seq < before` (all when `None`).
     async fn inbox_page(
@@ -306,6 +315,18 @@ pub trait Inbox: Statuses {
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64>;
 }
 
+/// The store port, where the writers of sequences stand (see [`crate::seq`]).
+#[async_trait]
+pub trait Sequences: Send + Sync {
+    /// The greatest sequence the store holds; a new owner's clock starts above it.
+    async fn last_seq(&self) -> Result<u64>;
+    /// Owner `owner` may still write rows and audience messages at sequences from `floor` on
+    /// (`None`: at none, for now). From the call's return, inbox reads and resumes show only
+    /// sequences below the lowest floor of all owners; a shared backend keeps floors with a
+    /// lease, so an owner that died stops holding reads back.
+    async fn hold_floor(&self, owner: &str, floor: Option<u64>) -> Result<()>;
+}
+
 /// The store port, per (message, user, channel) delivery statuses.
 #[async_trait]
 pub trait Statuses: Send + Sync {
@@ -352,7 +373,16 @@ pub trait DeadLetters: Send + Sync {
 /// Every aggregate of the store port, as one backend implements them.
 #[async_trait]
 pub trait Store:
-    Tenants + Directory + Templates + Idempotency + Messages + Inbox + Statuses + DeadLetters + 'static
+    Tenants
+    + Directory
+    + Templates
+    + Idempotency
+    + Messages
+    + Inbox
+    + Sequences
+    + Statuses
+    + DeadLetters
+    + 'static
 {
     /// Whether the backend answers (for `/readyz`).
     async fn ready(&self) -> Result<()>;
@@ -361,6 +391,7 @@ pub trait Store:
 /// The traits of the store port, to call them on `dyn Store`.
 pub mod prelude {
     pub use super::{
-        DeadLetters, Directory, Idempotency, Inbox, Messages, Statuses, Store, Templates, Tenants,
+        DeadLetters, Directory, Idempotency, Inbox, Messages, Sequences, Statuses, Store,
+        Templates, Tenants,
     };
 }

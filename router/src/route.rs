@@ -38,7 +38,7 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// The message as an inbox item (its sequence is the store's to assign).
+    /// The message as an inbox item (its sequence is for the writer to set).
     fn item(&self) -> InboxItem {
         InboxItem {
             message_id: self.req.message_id.clone(),
@@ -319,15 +319,26 @@ async fn post_audiences(ctx: &Context, posts: &[Prepared]) -> Result<Option<Pend
         return Ok(None);
     }
     let audiences: Vec<Vec<Audience>> = posts.iter().map(|p| Audience::of(&p.req.to)).collect();
-    let posted = try_join_all(posts.iter().zip(&audiences).map(|(p, a)| {
-        let post = AudiencePost {
-            tenant_id: p.req.tenant_id.clone(),
-            audiences: a.clone(),
-            listed: p.req.to.users.clone(),
-            item: p.item(),
-        };
-        async move { ctx.store.post_audience(&post).await }
-    }));
+    let lease = ctx.seqs.lease(posts.len()).await?;
+    let all: Vec<AudiencePost> = posts
+        .iter()
+        .zip(&audiences)
+        .enumerate()
+        .map(|(i, (p, a))| {
+            let mut item = p.item();
+            item.seq = lease.seq(i);
+            AudiencePost {
+                tenant_id: p.req.tenant_id.clone(),
+                audiences: a.clone(),
+                listed: p.req.to.users.clone(),
+                item,
+            }
+        })
+        .collect();
+    let store = ctx.store.clone();
+    let posted = lease.hold_until(async move {
+        try_join_all(all.iter().map(|post| store.post_audience(post))).await
+    });
     let now = now_ms();
     // the listed users' pending statuses share the posts' group commit
     let statuses = try_join_all(
@@ -499,14 +510,18 @@ async fn flush(
         .iter()
         .filter(|(i, _)| prepared[*i].req.channels.contains(&Channel::Inapp))
         .collect();
+    let lease = ctx.seqs.lease(inbox_pairs.len()).await?;
     let rows: Vec<NewInboxRow> = inbox_pairs
         .iter()
-        .map(|(i, u)| {
+        .enumerate()
+        .map(|(n, (i, u))| {
             let p = &prepared[*i];
+            let mut item = p.item();
+            item.seq = lease.seq(n);
             NewInboxRow {
                 tenant_id: p.req.tenant_id.clone(),
                 user_id: u.clone(),
-                item: p.item(),
+                item,
             }
         })
         .collect();
@@ -537,7 +552,14 @@ async fn flush(
                 .await
         }
     }));
-    let (seqs, _, _) = tokio::try_join!(ctx.store.append_inbox(&rows), statuses, touch)?;
+    let store = ctx.store.clone();
+    let appended = async move {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        lease.hold_until(async move { store.append_inbox(&rows).await }).await
+    };
+    let (seqs, _, _) = tokio::try_join!(appended, statuses, touch)?;
     let mut seq_of: std::collections::HashMap<(usize, &str), u64> =
         std::collections::HashMap::new();
     for ((i, u), a) in inbox_pairs.iter().zip(&seqs) {

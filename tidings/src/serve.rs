@@ -63,7 +63,9 @@ fn renderer(config: &Config, for_router: bool) -> anyhow::Result<template::Rende
 
 fn open(config: Config) -> anyhow::Result<Context> {
     let err = |e: tidings_core::Error| anyhow::anyhow!("{e}");
+    let store = tidings_store::open(&config).map_err(err)?;
     Ok(Context {
+        seqs: tidings_core::seq::Sequencer::new(&config.node_id, store.clone()),
         // each tenant may hold half of the API's renderers
         templates: Arc::new(
             renderer(&config, false)?.with_tenant_bound(config.templates.workers.div_ceil(2)),
@@ -71,7 +73,7 @@ fn open(config: Config) -> anyhow::Result<Context> {
         hot: Arc::default(),
         route_templates: Arc::new(renderer(&config, true)?),
         bus: tidings_bus::open(&config).map_err(err)?,
-        store: tidings_store::open(&config).map_err(err)?,
+        store,
         presence: tidings_presence::open(&config).map_err(err)?,
         config: Arc::new(config),
     })

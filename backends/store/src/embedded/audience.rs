@@ -2,7 +2,7 @@
 //! and the merged view of a user's inbox (own rows and the audience messages they see).
 //!
 //! Tables (every key led by the tenant):
-//! - `meta`: the store-wide sequence counter (`seq`) and the layout version (`layout`)
+//! - `meta`: the greatest sequence written (`seq`) and the layout version (`layout`)
 //! - `timeline`: `(tenant, audience key, seq)` to the message as an inbox item
 //! - `audience_messages`: `(tenant, message id)` to its sequence, audiences and recipients
 //! - `audience_counts`: `(tenant, message id)` to `[delivered, read]`
@@ -13,9 +13,9 @@
 //! - `read_mark`: `(tenant, user)` to the sequence up to which every message the user has
 //!   (own row or audience message) is read: "read all" writes it and nothing else
 //!
-//! One counter orders everything: own rows and audience messages take their sequence from it
-//! inside the writer's transaction, so sequences grow in commit order and a reader resuming
-//! after one never misses a later commit with a smaller one.
+//! Own rows and audience messages arrive numbered by their writer ([`tidings_core::seq`]), in
+//! one time-ordered space; memberships begin and end at the clock of their write (never below
+//! a sequence written before), so a message's recipients are the members when it was numbered.
 
 use super::{from_json, inbox_rank, to_json, touch_in, INBOX, INBOX_INDEX, UNREAD, USERS};
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -182,8 +182,8 @@ fn read_mark_of(rm: &impl ReadableTable<Key2, u64>, t: &str, u: &str) -> Result<
         .map_or(0, |v| v.value()))
 }
 
-/// The last sequence given out.
-fn counter(txn: &WriteTransaction) -> Result<u64> {
+/// The greatest sequence written.
+fn top(txn: &WriteTransaction) -> Result<u64> {
     let meta = txn.open_table(META).map_err(storage_err)?;
     let v = meta
         .get("seq")
@@ -192,16 +192,20 @@ fn counter(txn: &WriteTransaction) -> Result<u64> {
     Ok(v)
 }
 
-/// A new sequence, greater than every one given out before.
-pub(super) fn next_seq(txn: &WriteTransaction) -> Result<u64> {
-    let mut meta = txn.open_table(META).map_err(storage_err)?;
-    let next = meta
-        .get("seq")
-        .map_err(storage_err)?
-        .map_or(0, |v| v.value())
-        + 1;
-    meta.insert("seq", next).map_err(storage_err)?;
-    Ok(next)
+/// Note that sequences up to `seq` are written.
+pub(super) fn raise_top(txn: &WriteTransaction, seq: u64) -> Result<()> {
+    if seq > top(txn)? {
+        let mut meta = txn.open_table(META).map_err(storage_err)?;
+        meta.insert("seq", seq).map_err(storage_err)?;
+    }
+    Ok(())
+}
+
+/// Where a membership changed now begins or ends: the clock, and above every sequence
+/// written (a message numbered before the change, committed after it, is not the new
+/// member's; one numbered after it is).
+fn now_stamp(txn: &WriteTransaction) -> Result<u64> {
+    Ok(tidings_core::seq::clock(tidings_core::model::now_ms()).max(top(txn)? + 1))
 }
 
 fn intervals(raw: Option<&[u8]>) -> Result<Vec<[u64; 2]>> {
@@ -224,9 +228,9 @@ fn intervals_at(
     intervals(raw.as_deref())
 }
 
-/// Make the user a member of `key` from the next sequence on; false if they were one.
+/// Make the user a member of `key` from now on; false if they were one.
 pub(super) fn join(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
-    let from = counter(txn)? + 1;
+    let from = now_stamp(txn)?;
     join_at(txn, t, u, key, from)
 }
 
@@ -250,7 +254,7 @@ fn join_at(txn: &WriteTransaction, t: &str, u: &str, key: &str, from: u64) -> Re
 /// End the user's membership of `key`: messages posted from now on are not theirs; false if
 /// they were not a member.
 pub(super) fn leave(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
-    let to = counter(txn)? + 1;
+    let to = now_stamp(txn)?;
     let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
     let mut iv = intervals_at(&m, t, u, key)?;
     match iv.last_mut() {
@@ -294,9 +298,11 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
             });
         }
     }
-    let seq = next_seq(txn)?;
+    let seq = p.item.seq;
+    if seq == 0 {
+        return Err(tidings_core::Error::internal("an audience message without a sequence"));
+    }
     let mut item = p.item.clone();
-    item.seq = seq;
     item.status = InboxStatus::Unread;
     let raw = to_json(&item)?;
     let keys: Vec<String> = p.audiences.iter().map(Audience::key).collect();
@@ -305,6 +311,9 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
         let mut tl = txn.open_table(TIMELINE).map_err(storage_err)?;
         let sizes = txn.open_table(AUD_SIZE).map_err(storage_err)?;
         for key in &keys {
+            if tl.get((t, key.as_str(), seq)).map_err(storage_err)?.is_some() {
+                return Err(super::sequence_taken(seq));
+            }
             tl.insert((t, key.as_str(), seq), raw.as_slice())
                 .map_err(storage_err)?;
             recipients += sizes
@@ -324,6 +333,9 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
             } else {
                 idx.insert((t, u.as_str(), id), seq).map_err(storage_err)?;
                 let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
+                if inbox.get((t, u.as_str(), seq)).map_err(storage_err)?.is_some() {
+                    return Err(super::sequence_taken(seq));
+                }
                 inbox
                     .insert((t, u.as_str(), seq), raw.as_slice())
                     .map_err(storage_err)?;
@@ -349,6 +361,8 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
     };
     am.insert((t, id), to_json(&m)?.as_slice())
         .map_err(storage_err)?;
+    drop(am);
+    raise_top(txn, seq)?;
     Ok(Posted { seq, fresh: true })
 }
 
@@ -541,12 +555,13 @@ impl<'t> Marks<'t> {
     }
 }
 
-/// Set the user's read mark to everything written so far (one write): own rows and audience
-/// messages up to it read as read.
-pub(super) fn read_all(txn: &WriteTransaction, t: &str, u: &str) -> Result<()> {
-    let now = counter(txn)?;
+/// Set the user's read mark to `mark` (one write): own rows and audience messages up to it
+/// read as read. A mark never moves back.
+pub(super) fn read_all(txn: &WriteTransaction, t: &str, u: &str, mark: u64) -> Result<()> {
     let mut rm = txn.open_table(READ_MARK).map_err(storage_err)?;
-    rm.insert((t, u), now).map_err(storage_err)?;
+    if mark > read_mark_of(&rm, t, u)? {
+        rm.insert((t, u), mark).map_err(storage_err)?;
+    }
     Ok(())
 }
 
@@ -705,8 +720,9 @@ pub(super) fn scan(r: &ReadTransaction, t: &str, u: &str, s: Scan) -> Result<Vec
     Ok(out)
 }
 
-/// Unread audience messages the user sees (not counting own rows), up to [`UNREAD_CAP`].
-pub(super) fn unread(r: &ReadTransaction, t: &str, u: &str) -> Result<u64> {
+/// Unread audience messages the user sees (not counting own rows) below sequence `below`, up
+/// to [`UNREAD_CAP`].
+pub(super) fn unread(r: &ReadTransaction, t: &str, u: &str, below: u64) -> Result<u64> {
     let read_mark = read_mark_of(&r.open_table(READ_MARK).map_err(storage_err)?, t, u)?;
     let tl = r.open_table(TIMELINE).map_err(storage_err)?;
     let marks = r.open_table(MARKS).map_err(storage_err)?;
@@ -715,11 +731,12 @@ pub(super) fn unread(r: &ReadTransaction, t: &str, u: &str) -> Result<u64> {
     for (key, iv) in history(r, t, u)? {
         for i in iv.iter().rev() {
             let from = i[0].max(read_mark.saturating_add(1));
-            if from >= i[1] {
+            let to = i[1].min(below);
+            if from >= to {
                 continue;
             }
             for row in tl
-                .range((t, key.as_str(), from)..(t, key.as_str(), i[1]))
+                .range((t, key.as_str(), from)..(t, key.as_str(), to))
                 .map_err(storage_err)?
                 .rev()
             {

@@ -131,10 +131,49 @@ fn delivery_rank(s: DeliveryState) -> u8 {
     }
 }
 
+/// A row at a sequence the user's inbox already holds for another message.
+fn sequence_taken(seq: u64) -> Error {
+    Error::internal(format!(
+        "sequence_taken: {seq} holds another message (its writer numbers it again)"
+    ))
+}
+
+/// Where the owners of sequences stand (see [`tidings_core::seq`]). Kept in memory: every
+/// owner writing to this store is in this process, and starts again with it.
+#[derive(Default)]
+struct Floors {
+    /// The lowest sequence each owner may still write.
+    by_owner: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The greatest sequence committed (raised after each commit).
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl Floors {
+    /// Reads show sequences below this: the lowest floor, or past everything committed when no
+    /// owner holds one. Read under the floors' lock, so a floor published after it is above
+    /// every sequence it lets through.
+    fn stable(&self) -> u64 {
+        let by_owner = self.by_owner.lock().unwrap();
+        match by_owner.values().min() {
+            Some(f) => *f,
+            None => self
+                .written
+                .load(std::sync::atomic::Ordering::Acquire)
+                .saturating_add(1),
+        }
+    }
+
+    fn wrote(&self, seq: u64) {
+        self.written
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// The embedded, durable, single-process store.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     engine: Engine,
+    floors: std::sync::Arc<Floors>,
 }
 
 impl EmbeddedStore {
@@ -157,7 +196,17 @@ impl EmbeddedStore {
             txn.open_table(STATUS).map_err(storage_err)?;
             audience::init(txn)
         })?;
-        Ok(EmbeddedStore { engine })
+        let floors = Floors::default();
+        {
+            let r = engine.read()?;
+            let meta = r.open_table(audience::META).map_err(storage_err)?;
+            let top = meta.get("seq").map_err(storage_err)?.map_or(0, |v| v.value());
+            floors.wrote(top);
+        }
+        Ok(EmbeddedStore {
+            engine,
+            floors: std::sync::Arc::new(floors),
+        })
     }
 
     fn get2<V: DeserializeOwned>(&self, def: T2, a: &str, b: &str) -> Result<Option<V>> {
@@ -753,9 +802,13 @@ impl Messages for EmbeddedStore {
 
     async fn post_audience(&self, post: &AudiencePost) -> Result<Posted> {
         let post = post.clone();
-        self.engine
+        let seq = post.item.seq;
+        let posted = self
+            .engine
             .write(move |txn| audience::post(txn, &post))
-            .await
+            .await?;
+        self.floors.wrote(seq);
+        Ok(posted)
     }
 
     async fn audience_message(
@@ -770,17 +823,16 @@ impl Messages for EmbeddedStore {
 #[async_trait]
 impl Inbox for EmbeddedStore {
     async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>> {
+        if rows.iter().any(|r| r.item.seq == 0) {
+            return Err(Error::internal("an inbox row without a sequence"));
+        }
         let rows = rows.to_vec();
-        self.engine
+        let top = rows.iter().map(|r| r.item.seq).max().unwrap_or(0);
+        let out = self
+            .engine
             .write(move |txn| {
                 let mut out = Vec::with_capacity(rows.len());
                 let mut new_users = Vec::new();
-                // one counter for every user (and audience): take this batch's run at once
-                let mut meta = txn.open_table(audience::META).map_err(storage_err)?;
-                let mut seq = meta
-                    .get("seq")
-                    .map_err(storage_err)?
-                    .map_or(0, |v| v.value());
                 let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
                 let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
                 let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
@@ -796,9 +848,11 @@ impl Inbox for EmbeddedStore {
                         out.push(AppendedRow { seq, fresh: false });
                         continue;
                     }
-                    seq += 1;
+                    let seq = row.item.seq;
+                    if inbox.get((t, u, seq)).map_err(storage_err)?.is_some() {
+                        return Err(sequence_taken(seq));
+                    }
                     let mut item = row.item.clone();
-                    item.seq = seq;
                     item.status = InboxStatus::Unread;
                     inbox
                         .insert((t, u, seq), to_json(&item)?.as_slice())
@@ -815,14 +869,16 @@ impl Inbox for EmbeddedStore {
                     }
                     out.push(AppendedRow { seq, fresh: true });
                 }
-                meta.insert("seq", seq).map_err(storage_err)?;
-                drop((meta, idx, inbox, unread, users));
+                drop((idx, inbox, unread, users));
+                audience::raise_top(txn, top)?;
                 for (t, u) in new_users {
                     touch_in(txn, t, u)?;
                 }
                 Ok(out)
             })
-            .await
+            .await?;
+        self.floors.wrote(top);
+        Ok(out)
     }
 
     async fn inbox_page(
@@ -832,10 +888,11 @@ impl Inbox for EmbeddedStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<InboxItem>> {
+        let stable = self.floors.stable();
         let r = self.engine.read()?;
         let scan = audience::Scan {
             above: 0,
-            below: before.unwrap_or(u64::MAX),
+            below: before.unwrap_or(u64::MAX).min(stable),
             newest_first: true,
             unread_only: false,
             limit,
@@ -851,10 +908,11 @@ impl Inbox for EmbeddedStore {
         unread_only: bool,
         limit: usize,
     ) -> Result<Vec<InboxItem>> {
+        let stable = self.floors.stable();
         let r = self.engine.read()?;
         let scan = audience::Scan {
             above: after,
-            below: u64::MAX,
+            below: stable,
             newest_first: false,
             unread_only,
             limit,
@@ -878,7 +936,7 @@ impl Inbox for EmbeddedStore {
             .get((tenant, user))
             .map_err(storage_err)?
             .map_or(0, |v| v.value());
-        Ok(own + audience::unread(&r, tenant, user)?)
+        Ok(own + audience::unread(&r, tenant, user, u64::MAX)?)
     }
 
     async fn set_inbox_status(
@@ -941,23 +999,64 @@ impl Inbox for EmbeddedStore {
     }
 
     async fn mark_all_read(&self, tenant: &str, user: &str) -> Result<u64> {
-        // one read mark for own rows and audience messages alike: rows are not rewritten
-        let shared = audience::unread(&self.engine.read()?, tenant, user)?;
+        // one read mark for own rows and audience messages alike, up to what reads show now:
+        // rows are not rewritten
+        let mark = self.floors.stable().saturating_sub(1);
+        let shared = audience::unread(&self.engine.read()?, tenant, user, mark.saturating_add(1))?;
         let (tenant, user) = (tenant.to_string(), user.to_string());
         let own = self
             .engine
             .write(move |txn| {
+                let (t, u) = (tenant.as_str(), user.as_str());
+                // rows above the mark (numbered, not yet shown) stay unread and counted
+                let mut above = 0;
+                {
+                    let inbox = txn.open_table(INBOX).map_err(storage_err)?;
+                    for row in inbox
+                        .range((t, u, mark.saturating_add(1))..=(t, u, u64::MAX))
+                        .map_err(storage_err)?
+                    {
+                        let (_, v) = row.map_err(storage_err)?;
+                        if from_json::<InboxItem>(v.value())?.status.is_unread() {
+                            above += 1;
+                        }
+                    }
+                }
                 let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
                 let own = unread
-                    .remove((tenant.as_str(), user.as_str()))
+                    .get((t, u))
                     .map_err(storage_err)?
                     .map_or(0, |v| v.value());
+                if above == 0 {
+                    unread.remove((t, u)).map_err(storage_err)?;
+                } else {
+                    unread.insert((t, u), above).map_err(storage_err)?;
+                }
                 drop(unread);
-                audience::read_all(txn, &tenant, &user)?;
-                Ok(own)
+                audience::read_all(txn, t, u, mark)?;
+                Ok(own.saturating_sub(above))
             })
             .await?;
         Ok(own + shared)
+    }
+}
+
+#[async_trait]
+impl Sequences for EmbeddedStore {
+    async fn last_seq(&self) -> Result<u64> {
+        let r = self.engine.read()?;
+        let meta = r.open_table(audience::META).map_err(storage_err)?;
+        let top = meta.get("seq").map_err(storage_err)?.map_or(0, |v| v.value());
+        Ok(top)
+    }
+
+    async fn hold_floor(&self, owner: &str, floor: Option<u64>) -> Result<()> {
+        let mut by_owner = self.floors.by_owner.lock().unwrap();
+        match floor {
+            Some(f) => by_owner.insert(owner.to_string(), f),
+            None => by_owner.remove(owner),
+        };
+        Ok(())
     }
 }
 
@@ -1116,14 +1215,14 @@ mod tests {
         tidings_core::conformance::store_conformance(&store, "c").await;
     }
 
-    /// A row of user `u` of tenant `t`.
-    fn row(id: &str) -> NewInboxRow {
+    /// A row of user `u` of tenant `t` at sequence `seq`.
+    fn row(id: &str, seq: u64) -> NewInboxRow {
         NewInboxRow {
             tenant_id: "t".into(),
             user_id: "u".into(),
             item: InboxItem {
                 message_id: id.into(),
-                seq: 0,
+                seq,
                 title: String::new(),
                 body: String::new(),
                 data: serde_json::Value::Null,
@@ -1136,7 +1235,7 @@ mod tests {
     }
 
     /// A store written before audiences (per-user sequences, no membership history) moves to
-    /// one counter above every old sequence, and its subscribers and users are members.
+    /// one space above every old sequence, and its subscribers and users are members.
     #[tokio::test]
     async fn an_older_layout_is_brought_forward() {
         let dir = tempfile::tempdir().unwrap();
@@ -1159,7 +1258,7 @@ mod tests {
             .await
             .unwrap();
         store.engine.write(audience::init).await.unwrap();
-        assert_eq!(store.append_inbox(&[row("m")]).await.unwrap()[0].seq, 42);
+        assert_eq!(store.last_seq().await.unwrap(), 41, "owners start above it");
         let m = store.memberships("t", "u").await.unwrap();
         assert_eq!(m.len(), 2, "member of the tenant and the topic: {m:?}");
     }
@@ -1170,8 +1269,8 @@ mod tests {
     async fn layout_2_unread_counts_are_recounted_after_the_read_mark() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
-        let below = store.append_inbox(&[row("below")]).await.unwrap()[0].seq;
-        store.append_inbox(&[row("after")]).await.unwrap();
+        let below = store.append_inbox(&[row("below", 1)]).await.unwrap()[0].seq;
+        store.append_inbox(&[row("after", 2)]).await.unwrap();
         store
             .engine
             .write(move |txn| {
@@ -1194,6 +1293,81 @@ mod tests {
             .unwrap();
         assert_eq!(changed, vec!["after".to_string()]);
         assert_eq!(store.unread_count("t", "u").await.unwrap(), 0);
+    }
+
+    /// The ids of user `u`'s inbox page, once it holds `n` rows (the floor of a lease that
+    /// ended is withdrawn by a task of its own).
+    async fn page_of_n(store: &dyn Store, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let page = store.inbox_page("t", "u", None, 10).await.unwrap();
+            if page.len() >= n || std::time::Instant::now() > deadline {
+                return page.into_iter().map(|i| i.message_id).collect();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A router's sequencer over this store: each lease's floor is at the store before its
+    /// sequences are used, reads wait for the oldest lease held, and rows show in sequence
+    /// order whatever order they commit in.
+    #[tokio::test]
+    async fn leases_hold_reads_below_their_first_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let a = seqs.lease(1).await.unwrap();
+        let b = seqs.lease(2).await.unwrap();
+        let (a0, b0, b1) = (a.seq(0), b.seq(0), b.seq(1));
+        assert!(a0 < b0 && b0 < b1, "{a0} {b0} {b1}");
+        store
+            .append_inbox(&[row("b0", b0), row("b1", b1)])
+            .await
+            .unwrap();
+        drop(b);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let page = store.inbox_page("t", "u", None, 10).await.unwrap();
+        assert!(page.is_empty(), "a's lease holds reads");
+        store.append_inbox(&[row("a0", a0)]).await.unwrap();
+        drop(a);
+        assert_eq!(page_of_n(&*store, 3).await, vec!["b1", "b0", "a0"]);
+        let c = seqs.lease(1).await.unwrap();
+        assert!(c.seq(0) > b1, "a new lease starts above every one before");
+        // a new sequencer of the same store (a restart) starts above what is written
+        drop(c);
+        let again = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        assert!(again.lease(1).await.unwrap().seq(0) > b1);
+    }
+
+    /// A numbered write whose caller stops waiting still holds its floor until it ends: it
+    /// cannot commit below rows a reader has already been shown.
+    #[tokio::test]
+    async fn an_abandoned_write_holds_its_floor_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let slow = seqs.lease(1).await.unwrap();
+        let (s, at) = (store.clone(), slow.seq(0));
+        let write = slow.hold_until(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            s.append_inbox(&[row("slow", at)]).await
+        });
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(10), write).await;
+        assert!(gave_up.is_err(), "the caller stopped waiting");
+        let fast = seqs.lease(1).await.unwrap();
+        store
+            .append_inbox(&[row("fast", fast.seq(0))])
+            .await
+            .unwrap();
+        drop(fast);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            store.inbox_page("t", "u", None, 10).await.unwrap().is_empty(),
+            "the abandoned write still holds the floor"
+        );
+        assert_eq!(page_of_n(&*store, 2).await, vec!["fast", "slow"]);
     }
 
     fn tpl(title: &str) -> Template {

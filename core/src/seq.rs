@@ -1,0 +1,220 @@
+//! Inbox sequences, assigned by the process that writes the rows, not by the store.
+//!
+//! A store shared by several routers cannot hand out sequences from one counter without a read
+//! (or a lightweight transaction) before every write. So each writing process is an *owner*
+//! with a [`Sequencer`]: a hybrid clock that gives sequences ordered by time, unique to the
+//! owner, and never smaller than one it gave before.
+//!
+//! A sequence is `ms << 22 | counter << 10 | owner`: milliseconds since 2024-01-01, a counter
+//! within the millisecond (it carries into the milliseconds when it overflows, so the clock may
+//! run ahead of the wall clock, never back), and ten bits naming the owner (a hash of its
+//! name). Sequences taken in order by one owner grow; sequences of two owners compare by time.
+//!
+//! **The floor.** Owners commit out of order: a row taken at sequence 100 may commit after one
+//! taken at 101, by the same owner on another lane or by another owner. A reader that saw 101
+//! and resumes after it would never see 100. So before an owner writes, it tells the store the
+//! lowest sequence it may still write, its *floor*
+//! ([`hold_floor`](crate::store::Sequences::hold_floor)), and inbox reads
+//! and resumes stop below the lowest floor of all owners: a row shows only once nothing can
+//! commit below it. Pushes do not wait for it (a client drops a repeat by message id).
+//!
+//! Each [`Lease`] is a run of sequences for one write; the sequencer's floor is the first
+//! sequence of its oldest lease still held, published when it changes. A lease is held until
+//! the write it numbers has committed or failed ([`Lease::hold_until`]): a write abandoned by a
+//! cancelled caller still holds the floor until it ends.
+
+use crate::store::Store;
+use crate::Result;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+/// 2024-01-01T00:00:00Z, where sequence time starts.
+pub const EPOCH_MS: i64 = 1_704_067_200_000;
+/// Bits below the milliseconds: a 12-bit counter and a 10-bit owner.
+const MS_SHIFT: u32 = 22;
+const OWNER_BITS: u32 = 10;
+
+/// The smallest sequence of millisecond `now_ms` (wall clock): every sequence an owner takes at
+/// or after that moment is at least this.
+pub fn clock(now_ms: i64) -> u64 {
+    ((now_ms - EPOCH_MS).max(0) as u64) << MS_SHIFT
+}
+
+/// The wall-clock milliseconds a sequence was taken at (its clock may have run a little ahead).
+pub fn time_of(seq: u64) -> i64 {
+    (seq >> MS_SHIFT) as i64 + EPOCH_MS
+}
+
+/// What the sequencer tracks.
+#[derive(Default)]
+struct State {
+    /// The last clock unit (`seq >> OWNER_BITS`) given out; `None` until read from the store.
+    last_unit: Option<u64>,
+    /// First sequence of each lease held.
+    held: BTreeMap<u64, ()>,
+    /// The floor the store has (or is being told): a lease may be handed out without waiting
+    /// only while one is there, since every later sequence is above it.
+    published: Option<u64>,
+}
+
+/// One owner's sequences (see the module doc).
+pub struct Sequencer {
+    owner: String,
+    bits: u64,
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    /// Serialises publishing the floor.
+    gate: tokio::sync::Mutex<()>,
+}
+
+impl Sequencer {
+    /// The sequencer of owner `owner` (unique among the processes writing to `store`: the node
+    /// id), publishing its floor to `store`.
+    pub fn new(owner: &str, store: Arc<dyn Store>) -> Arc<Sequencer> {
+        // FNV-1a: the same owner keeps its bits across restarts
+        let hash = owner
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        Arc::new(Sequencer {
+            owner: owner.to_string(),
+            bits: hash & ((1 << OWNER_BITS) - 1),
+            store,
+            state: Mutex::default(),
+            gate: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// `n` fresh sequences for one write, greater than every one this owner gave before, with
+    /// the floor below them published.
+    pub async fn lease(self: &Arc<Self>, n: usize) -> Result<Lease> {
+        if let Some(l) = self.take_if_published(n) {
+            return Ok(l);
+        }
+        // no floor at the store: publish one before any sequence above it is used
+        let _gate = self.gate.lock().await;
+        if let Some(l) = self.take_if_published(n) {
+            return Ok(l);
+        }
+        let known = self.state.lock().unwrap().last_unit.is_some();
+        if !known {
+            let last = self.store.last_seq().await?;
+            let mut s = self.state.lock().unwrap();
+            let unit = s.last_unit.unwrap_or(0).max(last >> OWNER_BITS);
+            s.last_unit = Some(unit);
+        }
+        let lease = self.take(n);
+        self.store
+            .hold_floor(&self.owner, Some(lease.first))
+            .await?;
+        let mut s = self.state.lock().unwrap();
+        s.published = s.held.keys().next().copied();
+        Ok(lease)
+    }
+
+    /// A lease at once when a floor is published (checked and taken under one lock: a floor
+    /// being withdrawn sends the caller to wait for the gate).
+    fn take_if_published(self: &Arc<Self>, n: usize) -> Option<Lease> {
+        let mut s = self.state.lock().unwrap();
+        s.published.is_some().then(|| self.take_in(&mut s, n))
+    }
+
+    fn take(self: &Arc<Self>, n: usize) -> Lease {
+        let mut s = self.state.lock().unwrap();
+        self.take_in(&mut s, n)
+    }
+
+    fn take_in(self: &Arc<Self>, s: &mut State, n: usize) -> Lease {
+        let now_unit = clock(crate::model::now_ms()) >> OWNER_BITS;
+        let unit = s.last_unit.map_or(now_unit, |l| (l + 1).max(now_unit));
+        // a write of no rows still holds one sequence: leases stay distinct
+        s.last_unit = Some(unit + n.max(1) as u64 - 1);
+        let first = (unit << OWNER_BITS) | self.bits;
+        s.held.insert(first, ());
+        Lease {
+            owner: self.clone(),
+            first,
+        }
+    }
+
+    /// Tell the store the floor as it stands now (the oldest lease held, or none).
+    async fn publish(self: Arc<Self>) {
+        let _gate = self.gate.lock().await;
+        let floor = {
+            let mut s = self.state.lock().unwrap();
+            let floor = s.held.keys().next().copied();
+            if floor == s.published {
+                return;
+            }
+            // set before telling the store: a raised floor is above no lease still held, and
+            // with none, a new lease waits for this gate and publishes its own
+            s.published = floor;
+            floor
+        };
+        if let Err(e) = self.store.hold_floor(&self.owner, floor).await {
+            // the store keeps the lower floor: reads wait for the next publish
+            tracing::warn!(owner = %self.owner, error = %e, "publishing the sequence floor failed");
+            self.state.lock().unwrap().published = Some(0);
+        }
+    }
+}
+
+/// A run of sequences taken for one write (see [`Sequencer::lease`]); dropping it lets the
+/// floor rise past them.
+pub struct Lease {
+    owner: Arc<Sequencer>,
+    first: u64,
+}
+
+impl Lease {
+    /// The `i`-th sequence of the run.
+    pub fn seq(&self, i: usize) -> u64 {
+        self.first + ((i as u64) << OWNER_BITS)
+    }
+
+    /// Run the write `fut` to its end, holding the lease until then even if the caller stops
+    /// waiting (the write may still commit, and must not commit below a risen floor).
+    pub async fn hold_until<T: Send + 'static>(
+        self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let write = tokio::spawn(async move {
+            let out = fut.await;
+            drop(self);
+            out
+        });
+        write
+            .await
+            .map_err(|e| crate::Error::internal(format!("a numbered write ended: {e}")))?
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let changed = {
+            let mut s = self.owner.state.lock().unwrap();
+            s.held.remove(&self.first);
+            s.held.keys().next().copied() != s.published
+        };
+        if changed {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(self.owner.clone().publish());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_orders_by_time_and_round_trips() {
+        let t = 1_800_000_000_000;
+        assert!(clock(t) < clock(t + 1));
+        assert_eq!(time_of(clock(t)), t);
+        assert_eq!(clock(0), 0);
+    }
+}
