@@ -1222,9 +1222,17 @@ async fn reads_stop_below_the_floor(store: &dyn Store, t: &str) {
     let later = own(store, t, "u", "later").await;
     post(store, t, "shared", vec![topic("a")], &[]).await;
     assert!(later > early.seq);
-    assert_eq!(page(store, t, "u").await, vec!["first"], "nothing above the floor shows");
+    assert_eq!(
+        page(store, t, "u").await,
+        vec!["first"],
+        "nothing above the floor shows"
+    );
     let resumed = store.inbox_after(t, "u", first, false, 10).await.unwrap();
-    assert!(resumed.is_empty(), "a resume stops below the floor: {:?}", ids(&resumed));
+    assert!(
+        resumed.is_empty(),
+        "a resume stops below the floor: {:?}",
+        ids(&resumed)
+    );
     assert_eq!(
         store.unread_count(t, "u").await.unwrap(),
         3,
@@ -1234,7 +1242,10 @@ async fn reads_stop_below_the_floor(store: &dyn Store, t: &str) {
     assert_eq!(store.mark_all_read(t, "u").await.unwrap(), 1);
     // a second owner's lower floor holds reads lower still, and the lowest floor wins
     store.hold_floor(&o2, Some(first)).await.unwrap();
-    assert!(page(store, t, "u").await.is_empty(), "the lowest floor wins");
+    assert!(
+        page(store, t, "u").await.is_empty(),
+        "the lowest floor wins"
+    );
     store.hold_floor(&o2, None).await.unwrap();
     // the early row commits, still at the floor: it does not show until the floor rises
     let row = NewInboxRow {
@@ -1243,7 +1254,10 @@ async fn reads_stop_below_the_floor(store: &dyn Store, t: &str) {
         item: early.clone(),
     };
     let at = store.append_inbox(&[row]).await.unwrap();
-    assert_eq!(at[0].seq, early.seq, "a row keeps the sequence its writer gave");
+    assert_eq!(
+        at[0].seq, early.seq,
+        "a row keeps the sequence its writer gave"
+    );
     assert_eq!(page(store, t, "u").await, vec!["first"]);
     store.hold_floor(&o1, None).await.unwrap();
     assert_eq!(

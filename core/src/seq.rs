@@ -73,11 +73,9 @@ impl Sequencer {
     /// id), publishing its floor to `store`.
     pub fn new(owner: &str, store: Arc<dyn Store>) -> Arc<Sequencer> {
         // FNV-1a: the same owner keeps its bits across restarts
-        let hash = owner
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let hash = owner.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
         Arc::new(Sequencer {
             owner: owner.to_string(),
             bits: hash & ((1 << OWNER_BITS) - 1),

@@ -557,7 +557,9 @@ async fn flush(
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        lease.hold_until(async move { store.append_inbox(&rows).await }).await
+        lease
+            .hold_until(async move { store.append_inbox(&rows).await })
+            .await
     };
     let (seqs, _, _) = tokio::try_join!(appended, statuses, touch)?;
     let mut seq_of: std::collections::HashMap<(usize, &str), u64> =

@@ -300,7 +300,9 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
     }
     let seq = p.item.seq;
     if seq == 0 {
-        return Err(tidings_core::Error::internal("an audience message without a sequence"));
+        return Err(tidings_core::Error::internal(
+            "an audience message without a sequence",
+        ));
     }
     let mut item = p.item.clone();
     item.status = InboxStatus::Unread;
@@ -311,7 +313,11 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
         let mut tl = txn.open_table(TIMELINE).map_err(storage_err)?;
         let sizes = txn.open_table(AUD_SIZE).map_err(storage_err)?;
         for key in &keys {
-            if tl.get((t, key.as_str(), seq)).map_err(storage_err)?.is_some() {
+            if tl
+                .get((t, key.as_str(), seq))
+                .map_err(storage_err)?
+                .is_some()
+            {
                 return Err(super::sequence_taken(seq));
             }
             tl.insert((t, key.as_str(), seq), raw.as_slice())
@@ -333,7 +339,11 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
             } else {
                 idx.insert((t, u.as_str(), id), seq).map_err(storage_err)?;
                 let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
-                if inbox.get((t, u.as_str(), seq)).map_err(storage_err)?.is_some() {
+                if inbox
+                    .get((t, u.as_str(), seq))
+                    .map_err(storage_err)?
+                    .is_some()
+                {
                     return Err(super::sequence_taken(seq));
                 }
                 inbox

@@ -200,7 +200,10 @@ impl EmbeddedStore {
         {
             let r = engine.read()?;
             let meta = r.open_table(audience::META).map_err(storage_err)?;
-            let top = meta.get("seq").map_err(storage_err)?.map_or(0, |v| v.value());
+            let top = meta
+                .get("seq")
+                .map_err(storage_err)?
+                .map_or(0, |v| v.value());
             floors.wrote(top);
         }
         Ok(EmbeddedStore {
@@ -1046,7 +1049,10 @@ impl Sequences for EmbeddedStore {
     async fn last_seq(&self) -> Result<u64> {
         let r = self.engine.read()?;
         let meta = r.open_table(audience::META).map_err(storage_err)?;
-        let top = meta.get("seq").map_err(storage_err)?.map_or(0, |v| v.value());
+        let top = meta
+            .get("seq")
+            .map_err(storage_err)?
+            .map_or(0, |v| v.value());
         Ok(top)
     }
 
@@ -1364,7 +1370,11 @@ mod tests {
         drop(fast);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(
-            store.inbox_page("t", "u", None, 10).await.unwrap().is_empty(),
+            store
+                .inbox_page("t", "u", None, 10)
+                .await
+                .unwrap()
+                .is_empty(),
             "the abandoned write still holds the floor"
         );
         assert_eq!(page_of_n(&*store, 2).await, vec!["fast", "slow"]);
