@@ -16,9 +16,11 @@
 //!   act, and "read all" is one write per user (a read mark, for own rows too).
 //! - **One order per user.** A user's own rows and the audience messages they see share one
 //!   sequence space: every inbox method merges them by sequence, each message once.
-//! - **Idempotent inbox.** [`Inbox::append_inbox`] writes at most one row per
-//!   `(tenant, user, message_id)`; a repeated append returns the existing row's sequence with
-//!   `fresh == false`, so at-least-once upstream never shows a user a message twice.
+//! - **Idempotent inbox.** A user's inbox holds at most one row per `(tenant, user,
+//!   message_id)`, and an audience message is posted once per id, so at-least-once upstream
+//!   never shows a user a message twice. A repeat numbered like the first writes the same row
+//!   again; one numbered again (a request routed again) leaves the row where it was or moves
+//!   it to the new sequence (a backend that writes without reading), never both.
 //! - **Sequences come from the writer.** Rows and audience messages arrive numbered by their
 //!   owner's [`Sequencer`](crate::seq::Sequencer) (time-ordered, unique per owner); no write
 //!   needs a read before it to number a row. A row whose `(tenant, user, seq)` holds another
@@ -44,14 +46,6 @@ pub struct NewInboxRow {
     pub item: InboxItem,
 }
 
-/// Where a row landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppendedRow {
-    pub seq: u64,
-    /// False when the row already existed (a redelivered request).
-    pub fresh: bool,
-}
-
 /// A message written once for its audiences, for [`Messages::post_audience`].
 #[derive(Debug, Clone)]
 pub struct AudiencePost {
@@ -63,15 +57,6 @@ pub struct AudiencePost {
     /// The content, numbered by its writer (`seq`) for every audience and listed user; its
     /// `status` is the store's.
     pub item: InboxItem,
-}
-
-/// Where an audience message landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Posted {
-    /// The message's sequence, shared by every member and listed user.
-    pub seq: u64,
-    /// False when it was posted before (a redelivered request): nothing was written.
-    pub fresh: bool,
 }
 
 /// What the store knows of an audience message, for `GET /v1/messages/{id}`.
@@ -232,9 +217,9 @@ pub trait Messages: Send + Sync {
     async fn put_messages(&self, messages: &[MessageRecord]) -> Result<()>;
     async fn message(&self, tenant: &str, message_id: &str) -> Result<Option<MessageRecord>>;
     /// Write a message once for its audiences (and rows of their own for its listed users), at
-    /// its sequence `post.item.seq`; idempotent by message id (a repeat keeps the first
-    /// sequence, returned with `fresh == false`).
-    async fn post_audience(&self, post: &AudiencePost) -> Result<Posted>;
+    /// its sequence `post.item.seq`; idempotent by message id. Returns the sequence it is at
+    /// (see "Idempotent inbox" for a repeat numbered again).
+    async fn post_audience(&self, post: &AudiencePost) -> Result<u64>;
     /// The audiences and counts of an audience message; `None` for a personal one.
     async fn audience_message(
         &self,
@@ -246,9 +231,10 @@ pub trait Messages: Send + Sync {
 /// The store port, each user's inbox: own rows merged with the audience messages they see.
 #[async_trait]
 pub trait Inbox: Statuses {
-    /// Append inbox rows at their sequences, one per (tenant, user, message id); results in
-    /// input order (a repeat keeps the first row's sequence, with `fresh == false`).
-    async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>>;
+    /// Write inbox rows at their sequences, one per (tenant, user, message id); returns the
+    /// sequence each is at, in input order (see "Idempotent inbox" for a repeat numbered
+    /// again).
+    async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<u64>>;
     /// Newest first, visible rows and audience messages with `seq < before` (all when `None`).
     async fn inbox_page(
         &self,

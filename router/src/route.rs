@@ -363,14 +363,14 @@ async fn post_audiences(ctx: &Context, posts: &[Prepared]) -> Result<Option<Pend
     let (posted, _) = tokio::try_join!(posted, statuses)?;
     let codec = tidings_schemas::codec();
     let mut out = Vec::new();
-    for ((p, at), audiences) in posts.iter().zip(&posted).zip(audiences) {
+    for ((p, &seq), audiences) in posts.iter().zip(&posted).zip(audiences) {
         let mut it = p.item();
-        it.seq = at.seq;
+        it.seq = seq;
         let push = AudienceRecord::Push {
             tenant_id: p.req.tenant_id.clone(),
             message_id: p.req.message_id.clone(),
             audiences,
-            seq: at.seq,
+            seq,
             priority: p.req.priority,
             frame: it.frame(),
             accepted_at_ms: p.req.accepted_at_ms,
@@ -381,10 +381,7 @@ async fn post_audiences(ctx: &Context, posts: &[Prepared]) -> Result<Option<Pend
         listed.sort();
         listed.dedup();
         for u in listed {
-            out.push(delivery_record(
-                ctx,
-                &p.delivery(&u, Channel::Inapp, at.seq),
-            ));
+            out.push(delivery_record(ctx, &p.delivery(&u, Channel::Inapp, seq)));
         }
     }
     place(ctx, out).await
@@ -510,14 +507,18 @@ async fn flush(
         .iter()
         .filter(|(i, _)| prepared[*i].req.channels.contains(&Channel::Inapp))
         .collect();
-    let lease = ctx.seqs.lease(inbox_pairs.len()).await?;
+    // the rows are numbered by this process: no store read before they are written
+    let lease = match inbox_pairs.len() {
+        0 => None,
+        n => Some(ctx.seqs.lease(n).await?),
+    };
     let rows: Vec<NewInboxRow> = inbox_pairs
         .iter()
-        .enumerate()
-        .map(|(n, (i, u))| {
+        .zip(lease.iter().flat_map(|l| (0..).map(|n| l.seq(n))))
+        .map(|((i, u), seq)| {
             let p = &prepared[*i];
             let mut item = p.item();
-            item.seq = lease.seq(n);
+            item.seq = seq;
             NewInboxRow {
                 tenant_id: p.req.tenant_id.clone(),
                 user_id: u.clone(),
@@ -554,18 +555,19 @@ async fn flush(
     }));
     let store = ctx.store.clone();
     let appended = async move {
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        match lease {
+            None => Ok(Vec::new()),
+            Some(l) => {
+                l.hold_until(async move { store.append_inbox(&rows).await })
+                    .await
+            }
         }
-        lease
-            .hold_until(async move { store.append_inbox(&rows).await })
-            .await
     };
     let (seqs, _, _) = tokio::try_join!(appended, statuses, touch)?;
     let mut seq_of: std::collections::HashMap<(usize, &str), u64> =
         std::collections::HashMap::new();
-    for ((i, u), a) in inbox_pairs.iter().zip(&seqs) {
-        seq_of.insert((*i, u.as_str()), a.seq);
+    for ((i, u), seq) in inbox_pairs.iter().zip(&seqs) {
+        seq_of.insert((*i, u.as_str()), *seq);
     }
     let mut out = Vec::new();
     for (i, u) in &pairs {

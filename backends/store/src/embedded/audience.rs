@@ -21,7 +21,7 @@ use super::{from_json, inbox_rank, to_json, touch_in, INBOX, INBOX_INDEX, UNREAD
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use std::collections::{BTreeSet, HashMap};
 use tidings_core::model::{Audience, InboxItem, InboxStatus};
-use tidings_core::store::{AudiencePost, AudienceSummary, Membership, Posted, UNREAD_CAP};
+use tidings_core::store::{AudiencePost, AudienceSummary, Membership, UNREAD_CAP};
 use tidings_core::Result;
 use tidings_embedded::storage_err;
 
@@ -282,7 +282,7 @@ fn add_size(txn: &WriteTransaction, t: &str, key: &str, delta: i64) -> Result<()
 }
 
 /// Write an audience message once (see [`tidings_core::store::Messages::post_audience`]).
-pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
+pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<u64> {
     let (t, id) = (p.tenant_id.as_str(), p.item.message_id.as_str());
     {
         let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
@@ -292,10 +292,7 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
             .map(|v| from_json::<AudMsg>(v.value()))
             .transpose()?;
         if let Some(m) = known {
-            return Ok(Posted {
-                seq: m.seq,
-                fresh: false,
-            });
+            return Ok(m.seq);
         }
     }
     let seq = p.item.seq;
@@ -373,7 +370,7 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<Posted> {
         .map_err(storage_err)?;
     drop(am);
     raise_top(txn, seq)?;
-    Ok(Posted { seq, fresh: true })
+    Ok(seq)
 }
 
 /// The audience message `id` as the user sees it: its sequence, if they were a member of one

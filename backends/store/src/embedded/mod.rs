@@ -13,8 +13,8 @@ use std::path::Path;
 use tidings_core::model::*;
 use tidings_core::store::prelude::*;
 use tidings_core::store::{
-    AppendedRow, AudiencePost, AudienceSummary, Claim, Membership, NewInboxRow, Page, Posted,
-    Settle, Store, TenantChange,
+    AudiencePost, AudienceSummary, Claim, Membership, NewInboxRow, Page, Settle, Store,
+    TenantChange,
 };
 use tidings_core::{Error, Result};
 use tidings_embedded::{storage_err, Engine};
@@ -803,7 +803,7 @@ impl Messages for EmbeddedStore {
         self.get2(MESSAGES, tenant, message_id)
     }
 
-    async fn post_audience(&self, post: &AudiencePost) -> Result<Posted> {
+    async fn post_audience(&self, post: &AudiencePost) -> Result<u64> {
         let post = post.clone();
         let seq = post.item.seq;
         let posted = self
@@ -825,7 +825,7 @@ impl Messages for EmbeddedStore {
 
 #[async_trait]
 impl Inbox for EmbeddedStore {
-    async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<AppendedRow>> {
+    async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<u64>> {
         if rows.iter().any(|r| r.item.seq == 0) {
             return Err(Error::internal("an inbox row without a sequence"));
         }
@@ -848,7 +848,7 @@ impl Inbox for EmbeddedStore {
                     );
                     if let Some(seq) = idx.get((t, u, id)).map_err(storage_err)?.map(|v| v.value())
                     {
-                        out.push(AppendedRow { seq, fresh: false });
+                        out.push(seq);
                         continue;
                     }
                     let seq = row.item.seq;
@@ -870,7 +870,7 @@ impl Inbox for EmbeddedStore {
                     if users.get((t, u)).map_err(storage_err)?.is_none() {
                         new_users.push((t, u));
                     }
-                    out.push(AppendedRow { seq, fresh: true });
+                    out.push(seq);
                 }
                 drop((idx, inbox, unread, users));
                 audience::raise_top(txn, top)?;
@@ -1275,7 +1275,7 @@ mod tests {
     async fn layout_2_unread_counts_are_recounted_after_the_read_mark() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
-        let below = store.append_inbox(&[row("below", 1)]).await.unwrap()[0].seq;
+        let below = store.append_inbox(&[row("below", 1)]).await.unwrap()[0];
         store.append_inbox(&[row("after", 2)]).await.unwrap();
         store
             .engine
