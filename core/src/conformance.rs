@@ -1274,6 +1274,27 @@ async fn reads_stop_below_the_floor(store: &dyn Store, t: &str) {
     );
     let resumed = store.inbox_after(t, "u", first, false, 10).await.unwrap();
     assert_eq!(ids(&resumed), vec!["early", "later", "shared"]);
+    // a client pushed "later" (or "shared") before "early" committed resumes from where
+    // "later" was written: "early", written after it, is replayed
+    for pushed in ["later", "shared"] {
+        let from = store.resume_point(t, "u", pushed).await.unwrap().unwrap();
+        let at = store.inbox_seq(t, "u", pushed).await.unwrap().unwrap();
+        assert!(
+            from <= at.min(early.seq),
+            "{pushed}: {from} above {}",
+            early.seq
+        );
+        let replay = store.inbox_after(t, "u", from, false, 10).await.unwrap();
+        assert!(
+            ids(&replay).contains(&"early"),
+            "{pushed}: {:?}",
+            ids(&replay)
+        );
+    }
+    let from = store.resume_point(t, "u", "first").await.unwrap().unwrap();
+    assert!(from <= first);
+    assert_eq!(store.resume_point(t, "u", "nope").await.unwrap(), None);
+    assert_eq!(store.resume_point(t, "w", "later").await.unwrap(), None);
     assert!(
         resumed.iter().all(|i| i.status == InboxStatus::Unread),
         "what did not show was not marked read"

@@ -28,6 +28,8 @@
 //! - **Reads stop below the floor.** Inbox reads and resumes show only sequences below the
 //!   lowest floor an owner holds ([`Sequences::hold_floor`]), so a reader resuming after one
 //!   never misses a row that commits later with a smaller sequence ([`Inbox::inbox_after`]).
+//!   A client that got a message by push (before reads show it) resumes from its
+//!   [`Inbox::resume_point`], the floor when it was written.
 //! - **Forward-only status.** An inbox row moves unread → delivered → read; deleted hides it.
 //!   Setting an earlier status is a no-op.
 //! - **Tenant isolation.** Every key starts with the tenant id; no call crosses tenants.
@@ -254,6 +256,12 @@ pub trait Inbox: Statuses {
     ) -> Result<Vec<InboxItem>>;
     /// The sequence of a message in the user's inbox (own row or audience message they see).
     async fn inbox_seq(&self, tenant: &str, user: &str, message_id: &str) -> Result<Option<u64>>;
+    /// Where a resume after message `message_id` starts (`None` when the user does not have
+    /// it): at most its sequence, and below the floor when it was written, so
+    /// `inbox_after` from it replays every message written after it, even one numbered
+    /// before it (a client drops the few it had by id).
+    async fn resume_point(&self, tenant: &str, user: &str, message_id: &str)
+        -> Result<Option<u64>>;
     /// Unread own rows and audience messages, at most [`UNREAD_CAP`] of the latter.
     async fn unread_count(&self, tenant: &str, user: &str) -> Result<u64>;
     /// Move rows forward to `status`; returns the ids that changed. Unknown ids are skipped.

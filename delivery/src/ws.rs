@@ -444,12 +444,20 @@ impl Conn {
         let (t, u) = (self.user.tenant.clone(), self.user.user.clone());
         let (mut after, unread_only) = match &since {
             Some(id) => {
-                let seq = self.ctx.store.inbox_seq(&t, &u, id).await?.ok_or_else(|| {
-                    Error::invalid(
-                        "unknown_message",
-                        format!("resume: `{id}` is not in this inbox"),
-                    )
-                })?;
+                // from the floor when `since` was written: a message written after it but
+                // numbered before it (another lane's) is replayed; `since` itself is not
+                self.sent.first_time(id);
+                let seq = self
+                    .ctx
+                    .store
+                    .resume_point(&t, &u, id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "unknown_message",
+                            format!("resume: `{id}` is not in this inbox"),
+                        )
+                    })?;
                 (seq, false)
             }
             None => (0, true),

@@ -56,6 +56,10 @@ struct AudMsg {
     seq: u64,
     audiences: Vec<String>,
     recipients: u64,
+    /// Just below the floor when it was posted: where a resume after it starts (messages
+    /// posted by earlier versions have none: their sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<u64>,
 }
 
 /// Create the tables, and bring a store written by an earlier version to this layout: from
@@ -281,8 +285,9 @@ fn add_size(txn: &WriteTransaction, t: &str, key: &str, delta: i64) -> Result<()
     Ok(())
 }
 
-/// Write an audience message once (see [`tidings_core::store::Messages::post_audience`]).
-pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<u64> {
+/// Write an audience message once (see [`tidings_core::store::Messages::post_audience`]);
+/// every message that commits after it is numbered above `from` (just below the floor).
+pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost, from: u64) -> Result<u64> {
     let (t, id) = (p.tenant_id.as_str(), p.item.message_id.as_str());
     {
         let am = txn.open_table(AUD_MSG).map_err(storage_err)?;
@@ -328,6 +333,14 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<u64> {
     let mut listed: Vec<&String> = p.listed.iter().collect();
     listed.sort();
     listed.dedup();
+    let own_raw = if listed.is_empty() {
+        Vec::new()
+    } else {
+        to_json(&super::StoredRow {
+            item: item.clone(),
+            from: Some(from),
+        })?
+    };
     for u in listed {
         let fresh = {
             let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
@@ -344,7 +357,7 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<u64> {
                     return Err(super::sequence_taken(seq));
                 }
                 inbox
-                    .insert((t, u.as_str(), seq), raw.as_slice())
+                    .insert((t, u.as_str(), seq), own_raw.as_slice())
                     .map_err(storage_err)?;
                 let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
                 let n = unread
@@ -365,6 +378,7 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost) -> Result<u64> {
         seq,
         audiences: keys,
         recipients,
+        from: Some(from),
     };
     am.insert((t, id), to_json(&m)?.as_slice())
         .map_err(storage_err)?;
@@ -404,6 +418,20 @@ fn member_at(
         }
     }
     Ok(false)
+}
+
+/// Where a resume after audience message `id` starts, if the user sees it.
+pub(super) fn resume_point(r: &ReadTransaction, t: &str, u: &str, id: &str) -> Result<Option<u64>> {
+    let am = r.open_table(AUD_MSG).map_err(storage_err)?;
+    let members = r.open_table(MEMBERS).map_err(storage_err)?;
+    let Some(v) = am.get((t, id)).map_err(storage_err)? else {
+        return Ok(None);
+    };
+    let m: AudMsg = from_json(v.value())?;
+    if !member_at(&members, t, u, &m.audiences, m.seq)? {
+        return Ok(None);
+    }
+    Ok(Some(super::resume_from(m.seq, m.from)))
 }
 
 /// The sequence of audience message `id` in the user's inbox, if they see it.

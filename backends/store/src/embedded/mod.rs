@@ -119,6 +119,23 @@ fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(|e| Error::internal(format!("corrupt row: {e}")))
 }
 
+/// An own row as the `inbox` table holds it: the item, and where a resume after it starts
+/// (`from`, just below the floor when it was written; rows of earlier versions have none:
+/// their sequence). Reads of pages decode the item alone.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRow {
+    #[serde(flatten)]
+    item: InboxItem,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<u64>,
+}
+
+/// Where a resume after a message at `seq`, written when everything committed after it would
+/// be above `from`, starts.
+fn resume_from(seq: u64, from: Option<u64>) -> u64 {
+    from.map_or(seq, |f| f.min(seq))
+}
+
 fn inbox_rank(s: InboxStatus) -> u8 {
     s as u8
 }
@@ -341,17 +358,17 @@ impl<'t> Settling<'t> {
             else {
                 continue;
             };
-            let mut item: InboxItem = from_json(&raw)?;
-            let before = audience::seen_as(item.status, seq, read_mark);
+            let mut row: StoredRow = from_json(&raw)?;
+            let before = audience::seen_as(row.item.status, seq, read_mark);
             if inbox_rank(status) <= inbox_rank(before) {
                 continue;
             }
             if before.is_unread() && !status.is_unread() {
                 unread_delta -= 1;
             }
-            item.status = status;
+            row.item.status = status;
             self.inbox
-                .insert((tenant, user, seq), to_json(&item)?.as_slice())
+                .insert((tenant, user, seq), to_json(&row)?.as_slice())
                 .map_err(storage_err)?;
             changed.push(id.clone());
         }
@@ -806,9 +823,10 @@ impl Messages for EmbeddedStore {
     async fn post_audience(&self, post: &AudiencePost) -> Result<u64> {
         let post = post.clone();
         let seq = post.item.seq;
+        let floors = self.floors.clone();
         let posted = self
             .engine
-            .write(move |txn| audience::post(txn, &post))
+            .write(move |txn| audience::post(txn, &post, floors.stable().saturating_sub(1)))
             .await?;
         self.floors.wrote(seq);
         Ok(posted)
@@ -831,9 +849,12 @@ impl Inbox for EmbeddedStore {
         }
         let rows = rows.to_vec();
         let top = rows.iter().map(|r| r.item.seq).max().unwrap_or(0);
+        let floors = self.floors.clone();
         let out = self
             .engine
             .write(move |txn| {
+                // every row that commits after these is numbered above this (below the floor)
+                let from = Some(floors.stable().saturating_sub(1));
                 let mut out = Vec::with_capacity(rows.len());
                 let mut new_users = Vec::new();
                 let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
@@ -858,7 +879,7 @@ impl Inbox for EmbeddedStore {
                     let mut item = row.item.clone();
                     item.status = InboxStatus::Unread;
                     inbox
-                        .insert((t, u, seq), to_json(&item)?.as_slice())
+                        .insert((t, u, seq), to_json(&StoredRow { item, from })?.as_slice())
                         .map_err(storage_err)?;
                     idx.insert((t, u, id), seq).map_err(storage_err)?;
                     let n = unread
@@ -930,6 +951,29 @@ impl Inbox for EmbeddedStore {
             return Ok(Some(v.value()));
         }
         audience::seq_of(&r, tenant, user, message_id)
+    }
+
+    async fn resume_point(
+        &self,
+        tenant: &str,
+        user: &str,
+        message_id: &str,
+    ) -> Result<Option<u64>> {
+        let r = self.engine.read()?;
+        let idx = r.open_table(INBOX_INDEX).map_err(storage_err)?;
+        if let Some(seq) = idx
+            .get((tenant, user, message_id))
+            .map_err(storage_err)?
+            .map(|v| v.value())
+        {
+            let inbox = r.open_table(INBOX).map_err(storage_err)?;
+            let from = match inbox.get((tenant, user, seq)).map_err(storage_err)? {
+                Some(v) => from_json::<StoredRow>(v.value())?.from,
+                None => None,
+            };
+            return Ok(Some(resume_from(seq, from)));
+        }
+        audience::resume_point(&r, tenant, user, message_id)
     }
 
     async fn unread_count(&self, tenant: &str, user: &str) -> Result<u64> {
