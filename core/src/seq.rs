@@ -6,9 +6,11 @@
 //! owner, and never smaller than one it gave before.
 //!
 //! A sequence is `ms << 22 | counter << 10 | owner`: milliseconds since 2024-01-01, a counter
-//! within the millisecond (it carries into the milliseconds when it overflows, so the clock may
-//! run ahead of the wall clock, never back), and ten bits naming the owner (a hash of its
-//! name). Sequences taken in order by one owner grow; sequences of two owners compare by time.
+//! within the millisecond (4,096 a millisecond; a lease that would start past the current
+//! millisecond waits for it, so the clock runs ahead of the wall clock by one lease at most,
+//! and never back), and ten bits naming the owner (a hash of its name). Sequences taken in
+//! order by one owner grow; sequences of two owners compare by time. They are above 2^53:
+//! JavaScript clients read them as BigInt or not at all.
 //!
 //! **The floor.** Owners commit out of order: a row taken at sequence 100 may commit after one
 //! taken at 101, by the same owner on another lane or by another owner. A reader that saw 101
@@ -34,6 +36,12 @@ pub const EPOCH_MS: i64 = 1_704_067_200_000;
 /// Bits below the milliseconds: a 12-bit counter and a 10-bit owner.
 const MS_SHIFT: u32 = 22;
 const OWNER_BITS: u32 = 10;
+/// The counter's bits within a clock unit (`seq >> OWNER_BITS`): 4,096 per millisecond.
+const UNITS_PER_MS_MASK: u64 = (1 << (MS_SHIFT - OWNER_BITS)) - 1;
+/// How far ahead of the wall clock a new lease waits for it (50 ms of units); further ahead,
+/// the wall clock stepped back, and the sequencer goes on from where it was.
+const MAX_WAIT_UNITS: u64 = 50 << (MS_SHIFT - OWNER_BITS);
+const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The smallest sequence of millisecond `now_ms` (wall clock): every sequence an owner takes at
 /// or after that moment is at least this.
@@ -88,73 +96,98 @@ impl Sequencer {
     /// `n` fresh sequences for one write, greater than every one this owner gave before, with
     /// the floor below them published.
     pub async fn lease(self: &Arc<Self>, n: usize) -> Result<Lease> {
-        if let Some(l) = self.take_if_published(n) {
-            return Ok(l);
+        loop {
+            // with a floor at the store, at once (or after the clock catches up)
+            let fast = {
+                let mut s = self.state.lock().unwrap();
+                s.published.is_some().then(|| self.take_in(&mut s, n))
+            };
+            match fast {
+                Some(Some(l)) => return Ok(l),
+                Some(None) => {
+                    tokio::time::sleep(AHEAD_WAIT).await;
+                    continue;
+                }
+                None => {}
+            }
+            // no floor at the store: publish one before any sequence above it is used
+            let _gate = self.gate.lock().await;
+            if self.state.lock().unwrap().last_unit.is_none() {
+                let last = self.store.last_seq().await?;
+                let mut s = self.state.lock().unwrap();
+                let unit = s.last_unit.unwrap_or(0).max(last >> OWNER_BITS);
+                s.last_unit = Some(unit);
+            }
+            let slow = {
+                let mut s = self.state.lock().unwrap();
+                if s.published.is_some() {
+                    continue;
+                }
+                // the oldest lease held: one left over from a publish that failed may be
+                self.take_in(&mut s, n)
+                    .map(|l| (l, s.held.keys().next().copied()))
+            };
+            let Some((lease, floor)) = slow else {
+                tokio::time::sleep(AHEAD_WAIT).await;
+                continue;
+            };
+            self.store.hold_floor(&self.owner, floor).await?;
+            self.state.lock().unwrap().published = floor;
+            return Ok(lease);
         }
-        // no floor at the store: publish one before any sequence above it is used
-        let _gate = self.gate.lock().await;
-        if let Some(l) = self.take_if_published(n) {
-            return Ok(l);
-        }
-        let known = self.state.lock().unwrap().last_unit.is_some();
-        if !known {
-            let last = self.store.last_seq().await?;
-            let mut s = self.state.lock().unwrap();
-            let unit = s.last_unit.unwrap_or(0).max(last >> OWNER_BITS);
-            s.last_unit = Some(unit);
-        }
-        let lease = self.take(n);
-        self.store
-            .hold_floor(&self.owner, Some(lease.first))
-            .await?;
-        let mut s = self.state.lock().unwrap();
-        s.published = s.held.keys().next().copied();
-        Ok(lease)
     }
 
-    /// A lease at once when a floor is published (checked and taken under one lock: a floor
-    /// being withdrawn sends the caller to wait for the gate).
-    fn take_if_published(self: &Arc<Self>, n: usize) -> Option<Lease> {
-        let mut s = self.state.lock().unwrap();
-        s.published.is_some().then(|| self.take_in(&mut s, n))
-    }
-
-    fn take(self: &Arc<Self>, n: usize) -> Lease {
-        let mut s = self.state.lock().unwrap();
-        self.take_in(&mut s, n)
-    }
-
-    fn take_in(self: &Arc<Self>, s: &mut State, n: usize) -> Lease {
+    /// A lease, unless it would start past the current millisecond (the counter of this one is
+    /// spent): then `None`, and the caller waits for the clock. So the clock runs ahead of the
+    /// wall clock by one lease at most, and a membership change stamped by the wall clock is
+    /// ordered against every sequence to the millisecond. A clock that stepped back far is
+    /// not waited for.
+    fn take_in(self: &Arc<Self>, s: &mut State, n: usize) -> Option<Lease> {
         let now_unit = clock(crate::model::now_ms()) >> OWNER_BITS;
         let unit = s.last_unit.map_or(now_unit, |l| (l + 1).max(now_unit));
+        let ahead = unit.saturating_sub(now_unit | UNITS_PER_MS_MASK);
+        if ahead > 0 && ahead < MAX_WAIT_UNITS {
+            return None;
+        }
         // a write of no rows still holds one sequence: leases stay distinct
         s.last_unit = Some(unit + n.max(1) as u64 - 1);
         let first = (unit << OWNER_BITS) | self.bits;
         s.held.insert(first, ());
-        Lease {
+        Some(Lease {
             owner: self.clone(),
             first,
-        }
+        })
     }
 
-    /// Tell the store the floor as it stands now (the oldest lease held, or none).
+    /// Tell the store the floor as it stands now (the oldest lease held, or none), again until
+    /// the store takes it.
     async fn publish(self: Arc<Self>) {
-        let _gate = self.gate.lock().await;
-        let floor = {
-            let mut s = self.state.lock().unwrap();
-            let floor = s.held.keys().next().copied();
-            if floor == s.published {
-                return;
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let gate = self.gate.lock().await;
+            let floor = {
+                let mut s = self.state.lock().unwrap();
+                let floor = s.held.keys().next().copied();
+                if floor == s.published {
+                    return;
+                }
+                // set before telling the store: a raised floor is above no lease still held,
+                // and with none, a new lease waits for this gate and publishes its own
+                s.published = floor;
+                floor
+            };
+            match self.store.hold_floor(&self.owner, floor).await {
+                Ok(()) => return,
+                Err(e) => {
+                    // the store may keep the older floor: reads wait until a publish lands;
+                    // meanwhile a new lease publishes its own first
+                    tracing::warn!(owner = %self.owner, error = %e, "publishing the sequence floor failed");
+                    self.state.lock().unwrap().published = None;
+                    drop(gate);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
             }
-            // set before telling the store: a raised floor is above no lease still held, and
-            // with none, a new lease waits for this gate and publishes its own
-            s.published = floor;
-            floor
-        };
-        if let Err(e) = self.store.hold_floor(&self.owner, floor).await {
-            // the store keeps the lower floor: reads wait for the next publish
-            tracing::warn!(owner = %self.owner, error = %e, "publishing the sequence floor failed");
-            self.state.lock().unwrap().published = Some(0);
         }
     }
 }
@@ -178,11 +211,13 @@ impl Lease {
         self,
         fut: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        let write = tokio::spawn(async move {
+        // a task of its own does not inherit the urgent mark: carry it over
+        let urgent = crate::hint::is_urgent();
+        let write = tokio::spawn(crate::hint::urgent_if(urgent, async move {
             let out = fut.await;
             drop(self);
             out
-        });
+        }));
         write
             .await
             .map_err(|e| crate::Error::internal(format!("a numbered write ended: {e}")))?
@@ -207,6 +242,12 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counter_fills_one_millisecond() {
+        assert_eq!(UNITS_PER_MS_MASK, 4095);
+        assert_eq!(clock(EPOCH_MS + 1) >> OWNER_BITS, 4096);
+    }
 
     #[test]
     fn the_clock_orders_by_time_and_round_trips() {

@@ -246,6 +246,9 @@ pub trait Inbox: Statuses {
         limit: usize,
     ) -> Result<Vec<InboxItem>>;
     /// Oldest first, visible rows with `seq > after`; only unread ones when `unread_only`.
+    /// It first waits until every row committed before the call shows (the writes numbered
+    /// below them end), so a resume never misses a message committed while the client was
+    /// away; `Unavailable` if that takes longer than the backend's bound.
     async fn inbox_after(
         &self,
         tenant: &str,

@@ -336,8 +336,11 @@ async fn post_audiences(ctx: &Context, posts: &[Prepared]) -> Result<Option<Pend
         })
         .collect();
     let store = ctx.store.clone();
+    // every post runs to its end before the lease ends (a failed one must not leave the
+    // others to commit below a risen floor)
     let posted = lease.hold_until(async move {
-        try_join_all(all.iter().map(|post| store.post_audience(post))).await
+        let done = futures::future::join_all(all.iter().map(|post| store.post_audience(post)));
+        done.await.into_iter().collect::<Result<Vec<u64>>>()
     });
     let now = now_ms();
     // the listed users' pending statuses share the posts' group commit

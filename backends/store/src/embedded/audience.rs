@@ -178,6 +178,11 @@ fn to_layout_2(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// The user's read mark in a write.
+pub(super) fn read_mark(txn: &WriteTransaction, t: &str, u: &str) -> Result<u64> {
+    read_mark_of(&txn.open_table(READ_MARK).map_err(storage_err)?, t, u)
+}
+
 /// The user's read mark: every message (own row or audience message) up to it is read.
 fn read_mark_of(rm: &impl ReadableTable<Key2, u64>, t: &str, u: &str) -> Result<u64> {
     Ok(rm
@@ -310,10 +315,13 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost, from: u64) -> Resul
     item.status = InboxStatus::Unread;
     let raw = to_json(&item)?;
     let keys: Vec<String> = p.audiences.iter().map(Audience::key).collect();
-    let mut recipients = 0;
+    let mut listed: Vec<&String> = p.listed.iter().collect();
+    listed.sort();
+    listed.dedup();
+    // check before writing anything: a closure's writes commit even if it errs
+    let mut fresh = Vec::with_capacity(listed.len());
     {
-        let mut tl = txn.open_table(TIMELINE).map_err(storage_err)?;
-        let sizes = txn.open_table(AUD_SIZE).map_err(storage_err)?;
+        let tl = txn.open_table(TIMELINE).map_err(storage_err)?;
         for key in &keys {
             if tl
                 .get((t, key.as_str(), seq))
@@ -322,6 +330,28 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost, from: u64) -> Resul
             {
                 return Err(super::sequence_taken(seq));
             }
+        }
+        let idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
+        let inbox = txn.open_table(INBOX).map_err(storage_err)?;
+        for u in listed {
+            if idx.get((t, u.as_str(), id)).map_err(storage_err)?.is_some() {
+                continue;
+            }
+            if inbox
+                .get((t, u.as_str(), seq))
+                .map_err(storage_err)?
+                .is_some()
+            {
+                return Err(super::sequence_taken(seq));
+            }
+            fresh.push(u);
+        }
+    }
+    let mut recipients = 0;
+    {
+        let mut tl = txn.open_table(TIMELINE).map_err(storage_err)?;
+        let sizes = txn.open_table(AUD_SIZE).map_err(storage_err)?;
+        for key in &keys {
             tl.insert((t, key.as_str(), seq), raw.as_slice())
                 .map_err(storage_err)?;
             recipients += sizes
@@ -330,46 +360,29 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost, from: u64) -> Resul
                 .map_or(0, |v| v.value());
         }
     }
-    let mut listed: Vec<&String> = p.listed.iter().collect();
-    listed.sort();
-    listed.dedup();
-    let own_raw = if listed.is_empty() {
-        Vec::new()
-    } else {
-        to_json(&super::StoredRow {
+    if !fresh.is_empty() {
+        let own_raw = to_json(&super::StoredRow {
             item: item.clone(),
             from: Some(from),
-        })?
-    };
-    for u in listed {
-        let fresh = {
+        })?;
+        {
             let mut idx = txn.open_table(INBOX_INDEX).map_err(storage_err)?;
-            if idx.get((t, u.as_str(), id)).map_err(storage_err)?.is_some() {
-                false
-            } else {
+            let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
+            let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
+            for u in &fresh {
                 idx.insert((t, u.as_str(), id), seq).map_err(storage_err)?;
-                let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
-                if inbox
-                    .get((t, u.as_str(), seq))
-                    .map_err(storage_err)?
-                    .is_some()
-                {
-                    return Err(super::sequence_taken(seq));
-                }
                 inbox
                     .insert((t, u.as_str(), seq), own_raw.as_slice())
                     .map_err(storage_err)?;
-                let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
                 let n = unread
                     .get((t, u.as_str()))
                     .map_err(storage_err)?
                     .map_or(0, |v| v.value());
                 unread.insert((t, u.as_str()), n + 1).map_err(storage_err)?;
-                true
             }
-        };
-        if fresh {
-            recipients += 1;
+        }
+        recipients += fresh.len() as u64;
+        for u in fresh {
             touch_in(txn, t, u)?;
         }
     }

@@ -36,7 +36,7 @@ const INBOX: TableDefinition<'static, (&'static str, &'static str, u64), &'stati
     TableDefinition::new("inbox");
 const INBOX_INDEX: TableDefinition<'static, (&'static str, &'static str, &'static str), u64> =
     TableDefinition::new("inbox_index");
-/// Per-user sequences of layout 1, read once when the store moves to one counter.
+/// Per-user sequences of layout 1, read once when the store moves to layout 2.
 const USER_SEQ: TableDefinition<'static, (&'static str, &'static str), u64> =
     TableDefinition::new("user_seq");
 const UNREAD: TableDefinition<'static, (&'static str, &'static str), u64> =
@@ -163,7 +163,12 @@ struct Floors {
     by_owner: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// The greatest sequence committed (raised after each commit).
     written: std::sync::atomic::AtomicU64,
+    /// Woken whenever a floor moves.
+    moved: tokio::sync::Notify,
 }
+
+/// How long a resume waits for the rows committed before it to show.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Floors {
     /// Reads show sequences below this: the lowest floor, or past everything committed when no
@@ -177,6 +182,27 @@ impl Floors {
                 .written
                 .load(std::sync::atomic::Ordering::Acquire)
                 .saturating_add(1),
+        }
+    }
+
+    /// The stable point once every sequence committed before the call is below it: the writes
+    /// numbered under it end (one write each, queued behind the engine's groups at most).
+    async fn settled(&self) -> Result<u64> {
+        let target = self.written.load(std::sync::atomic::Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let stable = self.stable();
+            if stable > target {
+                return Ok(stable);
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return Err(Error::unavailable(
+                    "inbox writes are behind: the rows before this read have not all shown yet",
+                ));
+            }
         }
     }
 
@@ -861,21 +887,43 @@ impl Inbox for EmbeddedStore {
                 let mut inbox = txn.open_table(INBOX).map_err(storage_err)?;
                 let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
                 let users = txn.open_table(USERS).map_err(storage_err)?;
+                // check every row before writing any: a closure's writes commit even if it errs
+                let mut new_ids: std::collections::HashMap<(&str, &str, &str), u64> =
+                    std::collections::HashMap::new();
+                let mut taken = std::collections::HashSet::new();
+                let mut fresh = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let (t, u, id) = (
                         row.tenant_id.as_str(),
                         row.user_id.as_str(),
                         row.item.message_id.as_str(),
                     );
-                    if let Some(seq) = idx.get((t, u, id)).map_err(storage_err)?.map(|v| v.value())
-                    {
+                    let known = match idx.get((t, u, id)).map_err(storage_err)? {
+                        Some(v) => Some(v.value()),
+                        None => new_ids.get(&(t, u, id)).copied(),
+                    };
+                    if let Some(seq) = known {
                         out.push(seq);
+                        fresh.push(false);
                         continue;
                     }
                     let seq = row.item.seq;
-                    if inbox.get((t, u, seq)).map_err(storage_err)?.is_some() {
+                    if !taken.insert((t, u, seq))
+                        || inbox.get((t, u, seq)).map_err(storage_err)?.is_some()
+                    {
                         return Err(sequence_taken(seq));
                     }
+                    new_ids.insert((t, u, id), seq);
+                    out.push(seq);
+                    fresh.push(true);
+                }
+                for (row, _) in rows.iter().zip(&fresh).filter(|(_, f)| **f) {
+                    let (t, u, id) = (
+                        row.tenant_id.as_str(),
+                        row.user_id.as_str(),
+                        row.item.message_id.as_str(),
+                    );
+                    let seq = row.item.seq;
                     let mut item = row.item.clone();
                     item.status = InboxStatus::Unread;
                     inbox
@@ -891,7 +939,6 @@ impl Inbox for EmbeddedStore {
                     if users.get((t, u)).map_err(storage_err)?.is_none() {
                         new_users.push((t, u));
                     }
-                    out.push(seq);
                 }
                 drop((idx, inbox, unread, users));
                 audience::raise_top(txn, top)?;
@@ -932,7 +979,8 @@ impl Inbox for EmbeddedStore {
         unread_only: bool,
         limit: usize,
     ) -> Result<Vec<InboxItem>> {
-        let stable = self.floors.stable();
+        // a resume shows every row committed before it: wait for the floor to pass them
+        let stable = self.floors.settled().await?;
         let r = self.engine.read()?;
         let scan = audience::Scan {
             above: after,
@@ -1055,7 +1103,9 @@ impl Inbox for EmbeddedStore {
             .engine
             .write(move |txn| {
                 let (t, u) = (tenant.as_str(), user.as_str());
-                // rows above the mark (numbered, not yet shown) stay unread and counted
+                // rows above the mark (numbered, not yet shown) stay unread and counted; a
+                // mark never moves back
+                let mark = mark.max(audience::read_mark(txn, t, u)?);
                 let mut above = 0;
                 {
                     let inbox = txn.open_table(INBOX).map_err(storage_err)?;
@@ -1101,11 +1151,14 @@ impl Sequences for EmbeddedStore {
     }
 
     async fn hold_floor(&self, owner: &str, floor: Option<u64>) -> Result<()> {
-        let mut by_owner = self.floors.by_owner.lock().unwrap();
-        match floor {
-            Some(f) => by_owner.insert(owner.to_string(), f),
-            None => by_owner.remove(owner),
-        };
+        {
+            let mut by_owner = self.floors.by_owner.lock().unwrap();
+            match floor {
+                Some(f) => by_owner.insert(owner.to_string(), f),
+                None => by_owner.remove(owner),
+            };
+        }
+        self.floors.moved.notify_waiters();
         Ok(())
     }
 }
@@ -1388,6 +1441,53 @@ mod tests {
         drop(c);
         let again = tidings_core::seq::Sequencer::new("node-a", store.clone());
         assert!(again.lease(1).await.unwrap().seq(0) > b1);
+    }
+
+    /// A resume shows every row committed before it: one numbered above a lease still held
+    /// waits for that lease (whose row may commit after it, numbered before it) to end.
+    #[tokio::test]
+    async fn a_resume_waits_for_the_rows_committed_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let slow = seqs.lease(1).await.unwrap();
+        let fast = seqs.lease(1).await.unwrap();
+        store
+            .append_inbox(&[row("pushed", fast.seq(0))])
+            .await
+            .unwrap();
+        drop(fast);
+        let s = store.clone();
+        let resume = tokio::spawn(async move { s.inbox_after("t", "u", 0, false, 10).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!resume.is_finished(), "the resume waits for the slow lease");
+        store
+            .append_inbox(&[row("late", slow.seq(0))])
+            .await
+            .unwrap();
+        drop(slow);
+        let got = resume.await.unwrap().unwrap();
+        let ids: Vec<&str> = got.iter().map(|i| i.message_id.as_str()).collect();
+        assert_eq!(ids, vec!["late", "pushed"]);
+    }
+
+    /// A burst of sequences does not run the clock ahead: the next lease waits for the wall
+    /// clock, so membership changes stamped by it order against sequences to the millisecond.
+    #[tokio::test]
+    async fn a_burst_waits_for_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        for _ in 0..5 {
+            // 3 milliseconds' worth of sequences each
+            let big = seqs.lease(3 * 4096).await.unwrap();
+            let next = seqs.lease(1).await.unwrap();
+            assert!(next.seq(0) > big.seq(3 * 4096 - 1));
+            let at = tidings_core::seq::time_of(next.seq(0));
+            assert!(at <= now_ms(), "{at} ahead of {}", now_ms());
+        }
     }
 
     /// A numbered write whose caller stops waiting still holds its floor until it ends: it
