@@ -17,6 +17,9 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The most requests per batch and recipients per page the router takes (see `validate`).
+pub const ROUTER_MAX_RUN: usize = 50_000;
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -544,8 +547,14 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             return bad("limits.max_body_bytes: must be at least 1024".into());
         }
-        if self.router.batch == 0 || self.router.page_size == 0 {
-            return bad("router.batch and router.page_size: must be positive".into());
+        // a page (or a batch of audience posts) is numbered by one lease of sequences, which
+        // must stay well below 50 ms of the sequencer's clock (crate::seq)
+        if !(1..=ROUTER_MAX_RUN).contains(&self.router.batch)
+            || !(1..=ROUTER_MAX_RUN).contains(&self.router.page_size)
+        {
+            return bad(format!(
+                "router.batch and router.page_size: must be 1..={ROUTER_MAX_RUN}"
+            ));
         }
         if [
             self.router.weight_high,
@@ -624,6 +633,18 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c, Config::default());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn router_runs_are_bounded() {
+        let mut c = Config::default();
+        c.router.page_size = ROUTER_MAX_RUN;
+        c.validate().unwrap();
+        c.router.page_size = ROUTER_MAX_RUN + 1;
+        assert!(c.validate().is_err(), "one lease of sequences per page");
+        c.router.page_size = 1000;
+        c.router.batch = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

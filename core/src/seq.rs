@@ -38,9 +38,6 @@ const MS_SHIFT: u32 = 22;
 const OWNER_BITS: u32 = 10;
 /// The counter's bits within a clock unit (`seq >> OWNER_BITS`): 4,096 per millisecond.
 const UNITS_PER_MS_MASK: u64 = (1 << (MS_SHIFT - OWNER_BITS)) - 1;
-/// How far ahead of the wall clock a new lease waits for it (50 ms of units); further ahead,
-/// the wall clock stepped back, and the sequencer goes on from where it was.
-const MAX_WAIT_UNITS: u64 = 50 << (MS_SHIFT - OWNER_BITS);
 const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The smallest sequence of millisecond `now_ms` (wall clock): every sequence an owner takes at
@@ -54,16 +51,28 @@ pub fn time_of(seq: u64) -> i64 {
     (seq >> MS_SHIFT) as i64 + EPOCH_MS
 }
 
+/// What the store holds of this owner's floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Published {
+    /// Not known: a publish failed (the store may keep an older floor, or have taken it).
+    #[default]
+    Unknown,
+    /// The store has this floor (`None`: no floor).
+    Known(Option<u64>),
+}
+
 /// What the sequencer tracks.
 #[derive(Default)]
 struct State {
     /// The last clock unit (`seq >> OWNER_BITS`) given out; `None` until read from the store.
     last_unit: Option<u64>,
+    /// The latest wall-clock unit seen: a wall clock below it stepped back.
+    wall_unit: u64,
     /// First sequence of each lease held.
     held: BTreeMap<u64, ()>,
-    /// The floor the store has (or is being told): a lease may be handed out without waiting
-    /// only while one is there, since every later sequence is above it.
-    published: Option<u64>,
+    /// The floor the store has (or is being told). A lease is handed out without publishing
+    /// only while a floor is there, since every later sequence is above it.
+    published: Published,
 }
 
 /// One owner's sequences (see the module doc).
@@ -100,7 +109,7 @@ impl Sequencer {
             // with a floor at the store, at once (or after the clock catches up)
             let fast = {
                 let mut s = self.state.lock().unwrap();
-                s.published.is_some().then(|| self.take_in(&mut s, n))
+                matches!(s.published, Published::Known(Some(_))).then(|| self.take_in(&mut s, n))
             };
             match fast {
                 Some(Some(l)) => return Ok(l),
@@ -120,7 +129,7 @@ impl Sequencer {
             }
             let slow = {
                 let mut s = self.state.lock().unwrap();
-                if s.published.is_some() {
+                if matches!(s.published, Published::Known(Some(_))) {
                     continue;
                 }
                 // the oldest lease held: one left over from a publish that failed may be
@@ -131,22 +140,27 @@ impl Sequencer {
                 tokio::time::sleep(AHEAD_WAIT).await;
                 continue;
             };
-            self.store.hold_floor(&self.owner, floor).await?;
-            self.state.lock().unwrap().published = floor;
+            if let Err(e) = self.store.hold_floor(&self.owner, floor).await {
+                // the store may have taken it: the lease's drop publishes again
+                self.state.lock().unwrap().published = Published::Unknown;
+                return Err(e);
+            }
+            self.state.lock().unwrap().published = Published::Known(floor);
             return Ok(lease);
         }
     }
 
-    /// A lease, unless it would start past the current millisecond (the counter of this one is
-    /// spent): then `None`, and the caller waits for the clock. So the clock runs ahead of the
-    /// wall clock by one lease at most, and a membership change stamped by the wall clock is
-    /// ordered against every sequence to the millisecond. A clock that stepped back far is
-    /// not waited for.
+    /// A lease, unless it would start past the current millisecond (the leases before it used
+    /// this one's counter up): then `None`, and the caller waits for the clock. So the clock
+    /// runs ahead of the wall clock by one lease at most, and a membership change stamped by
+    /// the wall clock is ordered against every sequence to the millisecond. After the wall
+    /// clock stepped back, the sequencer goes on from where it was instead of waiting.
     fn take_in(self: &Arc<Self>, s: &mut State, n: usize) -> Option<Lease> {
         let now_unit = clock(crate::model::now_ms()) >> OWNER_BITS;
+        let stepped_back = now_unit < s.wall_unit;
+        s.wall_unit = s.wall_unit.max(now_unit);
         let unit = s.last_unit.map_or(now_unit, |l| (l + 1).max(now_unit));
-        let ahead = unit.saturating_sub(now_unit | UNITS_PER_MS_MASK);
-        if ahead > 0 && ahead < MAX_WAIT_UNITS {
+        if unit > (now_unit | UNITS_PER_MS_MASK) && !stepped_back {
             return None;
         }
         // a write of no rows still holds one sequence: leases stay distinct
@@ -168,12 +182,12 @@ impl Sequencer {
             let floor = {
                 let mut s = self.state.lock().unwrap();
                 let floor = s.held.keys().next().copied();
-                if floor == s.published {
+                if s.published == Published::Known(floor) {
                     return;
                 }
                 // set before telling the store: a raised floor is above no lease still held,
                 // and with none, a new lease waits for this gate and publishes its own
-                s.published = floor;
+                s.published = Published::Known(floor);
                 floor
             };
             match self.store.hold_floor(&self.owner, floor).await {
@@ -182,7 +196,7 @@ impl Sequencer {
                     // the store may keep the older floor: reads wait until a publish lands;
                     // meanwhile a new lease publishes its own first
                     tracing::warn!(owner = %self.owner, error = %e, "publishing the sequence floor failed");
-                    self.state.lock().unwrap().published = None;
+                    self.state.lock().unwrap().published = Published::Unknown;
                     drop(gate);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
@@ -229,7 +243,7 @@ impl Drop for Lease {
         let changed = {
             let mut s = self.owner.state.lock().unwrap();
             s.held.remove(&self.first);
-            s.held.keys().next().copied() != s.published
+            s.published != Published::Known(s.held.keys().next().copied())
         };
         if changed {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

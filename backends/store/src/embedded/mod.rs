@@ -161,7 +161,7 @@ fn sequence_taken(seq: u64) -> Error {
 struct Floors {
     /// The lowest sequence each owner may still write.
     by_owner: std::sync::Mutex<std::collections::HashMap<String, u64>>,
-    /// The greatest sequence committed (raised after each commit).
+    /// The greatest sequence written or being written (raised before each write).
     written: std::sync::atomic::AtomicU64,
     /// Woken whenever a floor moves.
     moved: tokio::sync::Notify,
@@ -171,7 +171,7 @@ struct Floors {
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Floors {
-    /// Reads show sequences below this: the lowest floor, or past everything committed when no
+    /// Reads show sequences below this: the lowest floor, or past everything written when no
     /// owner holds one. Read under the floors' lock, so a floor published after it is above
     /// every sequence it lets through.
     fn stable(&self) -> u64 {
@@ -849,12 +849,14 @@ impl Messages for EmbeddedStore {
     async fn post_audience(&self, post: &AudiencePost) -> Result<u64> {
         let post = post.clone();
         let seq = post.item.seq;
+        // counted before the commit: a row that commits is never above `written` (its own
+        // lease's floor keeps it from showing until the write ends)
+        self.floors.wrote(seq);
         let floors = self.floors.clone();
         let posted = self
             .engine
             .write(move |txn| audience::post(txn, &post, floors.stable().saturating_sub(1)))
             .await?;
-        self.floors.wrote(seq);
         Ok(posted)
     }
 
@@ -875,6 +877,8 @@ impl Inbox for EmbeddedStore {
         }
         let rows = rows.to_vec();
         let top = rows.iter().map(|r| r.item.seq).max().unwrap_or(0);
+        // counted before the commit (see `post_audience`)
+        self.floors.wrote(top);
         let floors = self.floors.clone();
         let out = self
             .engine
@@ -948,7 +952,6 @@ impl Inbox for EmbeddedStore {
                 Ok(out)
             })
             .await?;
-        self.floors.wrote(top);
         Ok(out)
     }
 
