@@ -238,6 +238,8 @@ pub trait Inbox: Statuses {
     /// again).
     async fn append_inbox(&self, rows: &[NewInboxRow]) -> Result<Vec<u64>>;
     /// Newest first, visible rows and audience messages with `seq < before` (all when `None`).
+    /// It waits a moment (the backend's bound) for the rows committed before the call to show,
+    /// so a message the user was pushed is on the page, then shows what it can.
     async fn inbox_page(
         &self,
         tenant: &str,
