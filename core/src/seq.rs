@@ -39,6 +39,9 @@ const OWNER_BITS: u32 = 10;
 /// The counter's bits within a clock unit (`seq >> OWNER_BITS`): 4,096 per millisecond.
 const UNITS_PER_MS_MASK: u64 = (1 << (MS_SHIFT - OWNER_BITS)) - 1;
 const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+/// Ahead of the wall clock by more than a second, the clock is what is behind (a store
+/// written under a faster clock, a step back): the sequencer goes on instead of waiting.
+const MAX_WAIT_UNITS: u64 = 1000 << (MS_SHIFT - OWNER_BITS);
 
 /// The smallest sequence of millisecond `now_ms` (wall clock): every sequence an owner takes at
 /// or after that moment is at least this.
@@ -154,13 +157,15 @@ impl Sequencer {
     /// this one's counter up): then `None`, and the caller waits for the clock. So the clock
     /// runs ahead of the wall clock by one lease at most, and a membership change stamped by
     /// the wall clock is ordered against every sequence to the millisecond. After the wall
-    /// clock stepped back, the sequencer goes on from where it was instead of waiting.
+    /// clock stepped back, or when it is more than a second behind, the sequencer goes on from
+    /// where it was instead of waiting.
     fn take_in(self: &Arc<Self>, s: &mut State, n: usize) -> Option<Lease> {
         let now_unit = clock(crate::model::now_ms()) >> OWNER_BITS;
         let stepped_back = now_unit < s.wall_unit;
         s.wall_unit = s.wall_unit.max(now_unit);
         let unit = s.last_unit.map_or(now_unit, |l| (l + 1).max(now_unit));
-        if unit > (now_unit | UNITS_PER_MS_MASK) && !stepped_back {
+        let ahead = unit.saturating_sub(now_unit | UNITS_PER_MS_MASK);
+        if ahead > 0 && ahead < MAX_WAIT_UNITS && !stepped_back {
             return None;
         }
         // a write of no rows still holds one sequence: leases stay distinct

@@ -1501,6 +1501,23 @@ mod tests {
         }
     }
 
+    /// A store written under a clock far ahead of this one (a data dir moved between machines)
+    /// does not stall the sequencer: it goes on above the greatest sequence at once.
+    #[tokio::test]
+    async fn a_store_from_a_faster_clock_does_not_stall_numbering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let ahead = tidings_core::seq::clock(now_ms() + 3_600_000);
+        store.append_inbox(&[row("future", ahead)]).await.unwrap();
+        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let quick = std::time::Duration::from_secs(1);
+        for _ in 0..3 {
+            let l = tokio::time::timeout(quick, seqs.lease(1)).await;
+            assert!(l.expect("no wait for the clock").unwrap().seq(0) > ahead);
+        }
+    }
+
     /// A numbered write whose caller stops waiting still holds its floor until it ends: it
     /// cannot commit below rows a reader has already been shown.
     #[tokio::test]
