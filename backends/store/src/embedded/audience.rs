@@ -44,7 +44,8 @@ pub(super) const MARKS: TableDefinition<'static, KeySeq, u8> = TableDefinition::
 pub(super) const READ_MARK: TableDefinition<'static, Key2, u64> = TableDefinition::new("read_mark");
 
 /// Membership intervals kept per (user, audience); a user who joins and leaves more often
-/// than this loses sight of the messages of their oldest intervals.
+/// than this, with messages posted in between, loses sight of the messages of their oldest
+/// intervals (toggles with no message in between reopen the last one, [`join`]).
 const INTERVALS_KEPT: usize = 64;
 /// The layout this code writes: 3 applies the read mark to own rows, 2 added audiences (1: one
 /// row per recipient).
@@ -237,10 +238,49 @@ fn intervals_at(
     intervals(raw.as_deref())
 }
 
-/// Make the user a member of `key` from now on; false if they were one.
-pub(super) fn join(txn: &WriteTransaction, t: &str, u: &str, key: &str) -> Result<bool> {
+/// Make the user a member of `key` from now on; false if they were one. `settled`: no owner
+/// may still write a sequence below it. When the gap since the user left holds no message of
+/// the audience and is settled (nothing can still be posted into it), the last interval is
+/// reopened instead of a new one opened: a user who subscribes and unsubscribes again and
+/// again between messages keeps one interval, not one per toggle.
+pub(super) fn join(
+    txn: &WriteTransaction,
+    t: &str,
+    u: &str,
+    key: &str,
+    settled: u64,
+) -> Result<bool> {
     let from = now_stamp(txn)?;
-    join_at(txn, t, u, key, from)
+    let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
+    let mut iv = intervals_at(&m, t, u, key)?;
+    match iv.last_mut() {
+        Some(last) if last[1] == u64::MAX => return Ok(false),
+        Some(last) if from <= settled && empty_gap(txn, t, key, last[1], from)? => {
+            last[1] = u64::MAX;
+        }
+        _ => {
+            iv.push([from, u64::MAX]);
+            if iv.len() > INTERVALS_KEPT {
+                iv.remove(0);
+            }
+        }
+    }
+    m.insert((t, u, key), to_json(&iv)?.as_slice())
+        .map_err(storage_err)?;
+    drop(m);
+    add_size(txn, t, key, 1)?;
+    Ok(true)
+}
+
+/// Whether audience `key` has no message with a sequence in `[from, to)`.
+fn empty_gap(txn: &WriteTransaction, t: &str, key: &str, from: u64, to: u64) -> Result<bool> {
+    let tl = txn.open_table(TIMELINE).map_err(storage_err)?;
+    let empty = tl
+        .range((t, key, from)..(t, key, to))
+        .map_err(storage_err)?
+        .next()
+        .is_none();
+    Ok(empty)
 }
 
 fn join_at(txn: &WriteTransaction, t: &str, u: &str, key: &str, from: u64) -> Result<bool> {

@@ -206,6 +206,13 @@ impl Floors {
         }
     }
 
+    /// No owner may still write a sequence below this (`u64::MAX` when none holds a floor:
+    /// every later lease is numbered by the clock from now on).
+    fn settled_now(&self) -> u64 {
+        let by_owner = self.by_owner.lock().unwrap();
+        by_owner.values().min().copied().unwrap_or(u64::MAX)
+    }
+
     fn wrote(&self, seq: u64) {
         self.written
             .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
@@ -433,7 +440,8 @@ fn touch_in(txn: &WriteTransaction, tenant: &str, user: &str) -> Result<()> {
             .insert((tenant, user), b"{}".as_slice())
             .map_err(storage_err)?;
         drop(users);
-        audience::join(txn, tenant, user, "*")?;
+        // a user never known has no interval to reopen
+        audience::join(txn, tenant, user, "*", 0)?;
     }
     Ok(())
 }
@@ -527,6 +535,7 @@ impl Tenants for EmbeddedStore {
 impl Directory for EmbeddedStore {
     async fn upsert_user(&self, tenant: &str, user: &str, profile: &UserProfile) -> Result<()> {
         let (tenant, user, profile) = (tenant.to_string(), user.to_string(), profile.clone());
+        let floors = self.floors.clone();
         self.engine
             .write(move |txn| {
                 let (t, u) = (tenant.as_str(), user.as_str());
@@ -551,8 +560,9 @@ impl Directory for EmbeddedStore {
                 for tag in old.tags.iter().filter(|g| !profile.tags.contains(g)) {
                     audience::leave(txn, t, u, &format!("g:{tag}"))?;
                 }
+                let settled = floors.settled_now();
                 for tag in &profile.tags {
-                    audience::join(txn, t, u, &format!("g:{tag}"))?;
+                    audience::join(txn, t, u, &format!("g:{tag}"), settled)?;
                 }
                 Ok(())
             })
@@ -616,6 +626,7 @@ impl Directory for EmbeddedStore {
 
     async fn subscribe(&self, tenant: &str, topic: &str, user: &str) -> Result<()> {
         let (tenant, topic, user) = (tenant.to_string(), topic.to_string(), user.to_string());
+        let floors = self.floors.clone();
         self.engine
             .write(move |txn| {
                 let mut s = txn.open_table(SUBS).map_err(storage_err)?;
@@ -626,7 +637,8 @@ impl Directory for EmbeddedStore {
                     .map_err(storage_err)?;
                 drop((s, us));
                 touch_in(txn, &tenant, &user)?;
-                audience::join(txn, &tenant, &user, &format!("t:{topic}"))?;
+                let settled = floors.settled_now();
+                audience::join(txn, &tenant, &user, &format!("t:{topic}"), settled)?;
                 Ok(())
             })
             .await
@@ -1516,6 +1528,45 @@ mod tests {
             let l = tokio::time::timeout(quick, seqs.lease(1)).await;
             assert!(l.expect("no wait for the clock").unwrap().seq(0) > ahead);
         }
+    }
+
+    /// Toggling a subscription with no message in between keeps one interval (the 64-interval
+    /// history is not used up by toggles); a message posted in a gap still splits it, and
+    /// is not the user's; a gap that an owner may still post into is not closed.
+    #[tokio::test]
+    async fn toggles_without_messages_keep_one_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let intervals = |store: &EmbeddedStore| {
+            let r = store.engine.read().unwrap();
+            let m = r.open_table(audience::MEMBERS).unwrap();
+            let raw = m.get(("t", "u", "t:news")).unwrap().unwrap();
+            from_json::<Vec<[u64; 2]>>(raw.value()).unwrap().len()
+        };
+        for _ in 0..100 {
+            store.subscribe("t", "news", "u").await.unwrap();
+            store.unsubscribe("t", "news", "u").await.unwrap();
+        }
+        assert_eq!(intervals(&store), 1);
+        // a message while the user is out splits the history, and is not theirs
+        let post = AudiencePost {
+            tenant_id: "t".into(),
+            audiences: vec![Audience::Topic("news".into())],
+            listed: vec![],
+            item: row("gap", tidings_core::seq::clock(now_ms())).item,
+        };
+        store.post_audience(&post).await.unwrap();
+        store.subscribe("t", "news", "u").await.unwrap();
+        assert_eq!(intervals(&store), 2);
+        assert_eq!(store.inbox_seq("t", "u", "gap").await.unwrap(), None);
+        // an owner holding a floor inside the gap could still post into it: a new interval
+        store.unsubscribe("t", "news", "u").await.unwrap();
+        let below = tidings_core::seq::clock(now_ms());
+        store.hold_floor("router", Some(below)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        store.subscribe("t", "news", "u").await.unwrap();
+        assert_eq!(intervals(&store), 3);
+        store.hold_floor("router", None).await.unwrap();
     }
 
     /// A numbered write whose caller stops waiting still holds its floor until it ends: it
