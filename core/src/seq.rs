@@ -7,8 +7,8 @@
 //!
 //! A sequence is `ms << 22 | counter << 10 | owner`: milliseconds since 2024-01-01, a counter
 //! within the millisecond (4,096 a millisecond; a lease that would start past the current
-//! millisecond waits for it, so the clock runs ahead of the wall clock by one lease at most,
-//! and never back), and ten bits naming the owner (a hash of its name). Sequences taken in
+//! millisecond waits for it, so while the wall clock keeps up the sequencer's runs ahead of it
+//! by one lease at most; it never goes back), and ten bits naming the owner (a hash of its name). Sequences taken in
 //! order by one owner grow; sequences of two owners compare by time. They are above 2^53:
 //! JavaScript clients read them as BigInt or not at all.
 //!
@@ -130,26 +130,37 @@ impl Sequencer {
                 let unit = s.last_unit.unwrap_or(0).max(last >> OWNER_BITS);
                 s.last_unit = Some(unit);
             }
-            let slow = {
+            // the floor goes to the store before the lease is numbered: a reader of floors
+            // (a join deciding whether a gap is settled) never misses a number being taken
+            let floor = {
                 let mut s = self.state.lock().unwrap();
                 if matches!(s.published, Published::Known(Some(_))) {
                     continue;
                 }
-                // the oldest lease held: one left over from a publish that failed may be
-                self.take_in(&mut s, n)
-                    .map(|l| (l, s.held.keys().next().copied()))
+                match self.next_unit(&mut s) {
+                    None => None,
+                    Some(lowest) => {
+                        // numbers from here on are at or above this; the oldest lease held
+                        // (one left over from a publish that failed) may be lower
+                        let at = (lowest << OWNER_BITS) | self.bits;
+                        Some(s.held.keys().next().map_or(at, |h| at.min(*h)))
+                    }
+                }
             };
-            let Some((lease, floor)) = slow else {
+            let Some(floor) = floor else {
                 tokio::time::sleep(AHEAD_WAIT).await;
                 continue;
             };
-            if let Err(e) = self.store.hold_floor(&self.owner, floor).await {
-                // the store may have taken it: the lease's drop publishes again
+            if let Err(e) = self.store.hold_floor(&self.owner, Some(floor)).await {
+                // the store may have taken it: publish again (nothing is numbered under it)
                 self.state.lock().unwrap().published = Published::Unknown;
+                tokio::spawn(self.clone().publish());
                 return Err(e);
             }
-            self.state.lock().unwrap().published = Published::Known(floor);
-            return Ok(lease);
+            let mut s = self.state.lock().unwrap();
+            s.published = Published::Known(Some(floor));
+            // the clock was checked above: number at or above the published floor now
+            return Ok(self.number(&mut s, floor >> OWNER_BITS, n));
         }
     }
 
@@ -160,6 +171,12 @@ impl Sequencer {
     /// clock stepped back, or when it is more than a second behind, the sequencer goes on from
     /// where it was instead of waiting.
     fn take_in(self: &Arc<Self>, s: &mut State, n: usize) -> Option<Lease> {
+        let unit = self.next_unit(s)?;
+        Some(self.number(s, unit, n))
+    }
+
+    /// The unit the next lease starts at, or `None` while it must wait for the clock.
+    fn next_unit(&self, s: &mut State) -> Option<u64> {
         let now_unit = clock(crate::model::now_ms()) >> OWNER_BITS;
         let stepped_back = now_unit < s.wall_unit;
         s.wall_unit = s.wall_unit.max(now_unit);
@@ -168,14 +185,24 @@ impl Sequencer {
         if ahead > 0 && ahead < MAX_WAIT_UNITS && !stepped_back {
             return None;
         }
+        Some(unit)
+    }
+
+    /// Number a lease of `n` from unit `at_least` or the next free one, whichever is later.
+    fn number(self: &Arc<Self>, s: &mut State, at_least: u64, n: usize) -> Lease {
+        let now_unit = clock(crate::model::now_ms()) >> OWNER_BITS;
+        let unit = s
+            .last_unit
+            .map_or(now_unit, |l| (l + 1).max(now_unit))
+            .max(at_least);
         // a write of no rows still holds one sequence: leases stay distinct
         s.last_unit = Some(unit + n.max(1) as u64 - 1);
         let first = (unit << OWNER_BITS) | self.bits;
         s.held.insert(first, ());
-        Some(Lease {
+        Lease {
             owner: self.clone(),
             first,
-        })
+        }
     }
 
     /// Tell the store the floor as it stands now (the oldest lease held, or none), again until

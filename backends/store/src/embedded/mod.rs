@@ -206,8 +206,9 @@ impl Floors {
         }
     }
 
-    /// No owner may still write a sequence below this (`u64::MAX` when none holds a floor:
-    /// every later lease is numbered by the clock from now on).
+    /// No owner may still write a sequence below this (`u64::MAX` when none holds a floor: an
+    /// owner publishes its floor before it numbers a lease, so every lease not covered is
+    /// numbered by the clock after this call).
     fn settled_now(&self) -> u64 {
         let by_owner = self.by_owner.lock().unwrap();
         by_owner.values().min().copied().unwrap_or(u64::MAX)
