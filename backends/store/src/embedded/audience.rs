@@ -174,7 +174,7 @@ fn to_layout_2(txn: &WriteTransaction) -> Result<()> {
     meta.insert("seq", counter.max(top)).map_err(storage_err)?;
     drop(meta);
     for (t, u, key) in &joins {
-        join_at(txn, t, u, key, 0)?;
+        join_at(txn, t, u, key, 0, 0)?;
     }
     Ok(())
 }
@@ -251,6 +251,18 @@ pub(super) fn join(
     settled: u64,
 ) -> Result<bool> {
     let from = now_stamp(txn)?;
+    join_at(txn, t, u, key, from, settled)
+}
+
+/// [`join`] from sequence `from`.
+fn join_at(
+    txn: &WriteTransaction,
+    t: &str,
+    u: &str,
+    key: &str,
+    from: u64,
+    settled: u64,
+) -> Result<bool> {
     let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
     let mut iv = intervals_at(&m, t, u, key)?;
     match iv.last_mut() {
@@ -281,23 +293,6 @@ fn empty_gap(txn: &WriteTransaction, t: &str, key: &str, from: u64, to: u64) -> 
         .next()
         .is_none();
     Ok(empty)
-}
-
-fn join_at(txn: &WriteTransaction, t: &str, u: &str, key: &str, from: u64) -> Result<bool> {
-    let mut m = txn.open_table(MEMBERS).map_err(storage_err)?;
-    let mut iv = intervals_at(&m, t, u, key)?;
-    if iv.last().is_some_and(|i| i[1] == u64::MAX) {
-        return Ok(false);
-    }
-    iv.push([from, u64::MAX]);
-    if iv.len() > INTERVALS_KEPT {
-        iv.remove(0);
-    }
-    m.insert((t, u, key), to_json(&iv)?.as_slice())
-        .map_err(storage_err)?;
-    drop(m);
-    add_size(txn, t, key, 1)?;
-    Ok(true)
 }
 
 /// End the user's membership of `key`: messages posted from now on are not theirs; false if
