@@ -106,37 +106,35 @@ fn recount_unread(txn: &WriteTransaction) -> Result<()> {
         }
         out
     };
-    let inbox = txn.open_table(INBOX).map_err(storage_err)?;
-    let mut counts = Vec::with_capacity(marked.len());
     for (t, u, mark) in &marked {
-        let mut n = 0u64;
-        let after = mark.saturating_add(1);
+        recount_after(txn, t, u, *mark)?;
+    }
+    Ok(())
+}
+
+/// Set the user's count of unread own rows to those after `mark` (the ones up to it read as
+/// read); returns the count.
+pub(super) fn recount_after(txn: &WriteTransaction, t: &str, u: &str, mark: u64) -> Result<u64> {
+    let mut n = 0u64;
+    {
+        let inbox = txn.open_table(INBOX).map_err(storage_err)?;
         for row in inbox
-            .range((t.as_str(), u.as_str(), after)..=(t.as_str(), u.as_str(), u64::MAX))
+            .range((t, u, mark.saturating_add(1))..=(t, u, u64::MAX))
             .map_err(storage_err)?
         {
             let (_, v) = row.map_err(storage_err)?;
-            let item: InboxItem = from_json(v.value())?;
-            if item.status.is_unread() {
+            if from_json::<InboxItem>(v.value())?.status.is_unread() {
                 n += 1;
             }
         }
-        counts.push((t, u, n));
     }
-    drop(inbox);
     let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
-    for (t, u, n) in counts {
-        if n == 0 {
-            unread
-                .remove((t.as_str(), u.as_str()))
-                .map_err(storage_err)?;
-        } else {
-            unread
-                .insert((t.as_str(), u.as_str()), n)
-                .map_err(storage_err)?;
-        }
+    if n == 0 {
+        unread.remove((t, u)).map_err(storage_err)?;
+    } else {
+        unread.insert((t, u), n).map_err(storage_err)?;
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Layout 2: one counter above every per-user sequence; members from the start.
@@ -166,13 +164,7 @@ fn to_layout_2(txn: &WriteTransaction) -> Result<()> {
             joins.push((tenant.into(), user.into(), "*".into()));
         }
     }
-    let mut meta = txn.open_table(META).map_err(storage_err)?;
-    let counter = meta
-        .get("seq")
-        .map_err(storage_err)?
-        .map_or(0, |v| v.value());
-    meta.insert("seq", counter.max(top)).map_err(storage_err)?;
-    drop(meta);
+    raise_top(txn, top)?;
     for (t, u, key) in &joins {
         join_at(txn, t, u, key, 0, 0)?;
     }
@@ -192,14 +184,17 @@ fn read_mark_of(rm: &impl ReadableTable<Key2, u64>, t: &str, u: &str) -> Result<
         .map_or(0, |v| v.value()))
 }
 
-/// The greatest sequence written.
-fn top(txn: &WriteTransaction) -> Result<u64> {
-    let meta = txn.open_table(META).map_err(storage_err)?;
-    let v = meta
+/// The greatest sequence written, in `meta`.
+pub(super) fn top_of(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64> {
+    Ok(meta
         .get("seq")
         .map_err(storage_err)?
-        .map_or(0, |v| v.value());
-    Ok(v)
+        .map_or(0, |v| v.value()))
+}
+
+/// The greatest sequence written.
+fn top(txn: &WriteTransaction) -> Result<u64> {
+    top_of(&txn.open_table(META).map_err(storage_err)?)
 }
 
 /// Note that sequences up to `seq` are written.
@@ -435,20 +430,16 @@ pub(super) fn post(txn: &WriteTransaction, p: &AudiencePost, from: u64) -> Resul
     Ok(seq)
 }
 
-/// The audience message `id` as the user sees it: its sequence, if they were a member of one
-/// of its audiences when it was posted.
-fn visible(
-    am: &impl ReadableTable<Key2, &'static [u8]>,
-    members: &impl ReadableTable<Key3, &'static [u8]>,
-    t: &str,
-    u: &str,
-    id: &str,
-) -> Result<Option<(u64, Vec<String>)>> {
+/// The audience message `id`, if the user was a member of one of its audiences when it was
+/// posted.
+fn visible(r: &ReadTransaction, t: &str, u: &str, id: &str) -> Result<Option<AudMsg>> {
+    let am = r.open_table(AUD_MSG).map_err(storage_err)?;
+    let members = r.open_table(MEMBERS).map_err(storage_err)?;
     let Some(v) = am.get((t, id)).map_err(storage_err)? else {
         return Ok(None);
     };
     let m: AudMsg = from_json(v.value())?;
-    Ok(member_at(members, t, u, &m.audiences, m.seq)?.then_some((m.seq, m.audiences)))
+    Ok(member_at(&members, t, u, &m.audiences, m.seq)?.then_some(m))
 }
 
 /// Whether the user was a member of one of `audiences` when `seq` was posted.
@@ -470,23 +461,12 @@ fn member_at(
 
 /// Where a resume after audience message `id` starts, if the user sees it.
 pub(super) fn resume_point(r: &ReadTransaction, t: &str, u: &str, id: &str) -> Result<Option<u64>> {
-    let am = r.open_table(AUD_MSG).map_err(storage_err)?;
-    let members = r.open_table(MEMBERS).map_err(storage_err)?;
-    let Some(v) = am.get((t, id)).map_err(storage_err)? else {
-        return Ok(None);
-    };
-    let m: AudMsg = from_json(v.value())?;
-    if !member_at(&members, t, u, &m.audiences, m.seq)? {
-        return Ok(None);
-    }
-    Ok(Some(super::resume_from(m.seq, m.from)))
+    Ok(visible(r, t, u, id)?.map(|m| super::resume_from(m.seq, m.from)))
 }
 
 /// The sequence of audience message `id` in the user's inbox, if they see it.
 pub(super) fn seq_of(r: &ReadTransaction, t: &str, u: &str, id: &str) -> Result<Option<u64>> {
-    let am = r.open_table(AUD_MSG).map_err(storage_err)?;
-    let members = r.open_table(MEMBERS).map_err(storage_err)?;
-    Ok(visible(&am, &members, t, u, id)?.map(|(s, _)| s))
+    Ok(visible(r, t, u, id)?.map(|m| m.seq))
 }
 
 /// The status of the audience message at `seq` for a user: their mark, or read below their

@@ -247,20 +247,18 @@ impl EmbeddedStore {
             txn.open_table(STATUS).map_err(storage_err)?;
             audience::init(txn)
         })?;
-        let floors = Floors::default();
-        {
-            let r = engine.read()?;
-            let meta = r.open_table(audience::META).map_err(storage_err)?;
-            let top = meta
-                .get("seq")
-                .map_err(storage_err)?
-                .map_or(0, |v| v.value());
-            floors.wrote(top);
-        }
-        Ok(EmbeddedStore {
+        let store = EmbeddedStore {
             engine,
-            floors: std::sync::Arc::new(floors),
-        })
+            floors: std::sync::Arc::default(),
+        };
+        store.floors.wrote(store.top()?);
+        Ok(store)
+    }
+
+    /// The greatest sequence written.
+    fn top(&self) -> Result<u64> {
+        let r = self.engine.read()?;
+        audience::top_of(&r.open_table(audience::META).map_err(storage_err)?)
     }
 
     fn get2<V: DeserializeOwned>(&self, def: T2, a: &str, b: &str) -> Result<Option<V>> {
@@ -1130,30 +1128,13 @@ impl Inbox for EmbeddedStore {
                 // rows above the mark (numbered, not yet shown) stay unread and counted; a
                 // mark never moves back
                 let mark = mark.max(audience::read_mark(txn, t, u)?);
-                let mut above = 0;
-                {
-                    let inbox = txn.open_table(INBOX).map_err(storage_err)?;
-                    for row in inbox
-                        .range((t, u, mark.saturating_add(1))..=(t, u, u64::MAX))
-                        .map_err(storage_err)?
-                    {
-                        let (_, v) = row.map_err(storage_err)?;
-                        if from_json::<InboxItem>(v.value())?.status.is_unread() {
-                            above += 1;
-                        }
-                    }
-                }
-                let mut unread = txn.open_table(UNREAD).map_err(storage_err)?;
-                let own = unread
+                let own = txn
+                    .open_table(UNREAD)
+                    .map_err(storage_err)?
                     .get((t, u))
                     .map_err(storage_err)?
                     .map_or(0, |v| v.value());
-                if above == 0 {
-                    unread.remove((t, u)).map_err(storage_err)?;
-                } else {
-                    unread.insert((t, u), above).map_err(storage_err)?;
-                }
-                drop(unread);
+                let above = audience::recount_after(txn, t, u, mark)?;
                 audience::read_all(txn, t, u, mark)?;
                 Ok(own.saturating_sub(above))
             })
@@ -1165,13 +1146,7 @@ impl Inbox for EmbeddedStore {
 #[async_trait]
 impl Sequences for EmbeddedStore {
     async fn last_seq(&self) -> Result<u64> {
-        let r = self.engine.read()?;
-        let meta = r.open_table(audience::META).map_err(storage_err)?;
-        let top = meta
-            .get("seq")
-            .map_err(storage_err)?
-            .map_or(0, |v| v.value());
-        Ok(top)
+        self.top()
     }
 
     async fn hold_floor(&self, owner: &str, floor: Option<u64>) -> Result<()> {
