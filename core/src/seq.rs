@@ -27,7 +27,7 @@
 
 use crate::store::Store;
 use crate::Result;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -72,7 +72,7 @@ struct State {
     /// The latest wall-clock unit seen: a wall clock below it stepped back.
     wall_unit: u64,
     /// First sequence of each lease held.
-    held: BTreeMap<u64, ()>,
+    held: BTreeSet<u64>,
     /// The floor the store has (or is being told). A lease is handed out without publishing
     /// only while a floor is there, since every later sequence is above it.
     published: Published,
@@ -143,7 +143,7 @@ impl Sequencer {
                         // numbers from here on are at or above this; the oldest lease held
                         // (one left over from a publish that failed) may be lower
                         let at = (lowest << OWNER_BITS) | self.bits;
-                        Some(s.held.keys().next().map_or(at, |h| at.min(*h)))
+                        Some(s.held.first().map_or(at, |h| at.min(*h)))
                     }
                 }
             };
@@ -198,7 +198,7 @@ impl Sequencer {
         // a write of no rows still holds one sequence: leases stay distinct
         s.last_unit = Some(unit + n.max(1) as u64 - 1);
         let first = (unit << OWNER_BITS) | self.bits;
-        s.held.insert(first, ());
+        s.held.insert(first);
         Lease {
             owner: self.clone(),
             first,
@@ -213,7 +213,7 @@ impl Sequencer {
             let gate = self.gate.lock().await;
             let floor = {
                 let mut s = self.state.lock().unwrap();
-                let floor = s.held.keys().next().copied();
+                let floor = s.held.first().copied();
                 if s.published == Published::Known(floor) {
                     return;
                 }
@@ -275,7 +275,7 @@ impl Drop for Lease {
         let changed = {
             let mut s = self.owner.state.lock().unwrap();
             s.held.remove(&self.first);
-            s.published != Published::Known(s.held.keys().next().copied())
+            s.published != Published::Known(s.held.first().copied())
         };
         if changed {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

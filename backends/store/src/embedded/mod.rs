@@ -1397,6 +1397,20 @@ mod tests {
         assert_eq!(store.unread_count("t", "u").await.unwrap(), 0);
     }
 
+    /// A fresh store, shared as the router shares it, and a sequencer numbering for it (the
+    /// directory lives as long as the first part is kept).
+    fn sequenced() -> (
+        tempfile::TempDir,
+        std::sync::Arc<dyn Store>,
+        std::sync::Arc<tidings_core::seq::Sequencer>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        (dir, store, seqs)
+    }
+
     /// The ids of user `u`'s inbox page, once it holds `n` rows (the floor of a lease that
     /// ended is withdrawn by a task of its own).
     async fn page_of_n(store: &dyn Store, n: usize) -> Vec<String> {
@@ -1415,10 +1429,7 @@ mod tests {
     /// order whatever order they commit in.
     #[tokio::test]
     async fn leases_hold_reads_below_their_first_sequence() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let (_dir, store, seqs) = sequenced();
         let a = seqs.lease(1).await.unwrap();
         let b = seqs.lease(2).await.unwrap();
         let (a0, b0, b1) = (a.seq(0), b.seq(0), b.seq(1));
@@ -1446,10 +1457,7 @@ mod tests {
     /// waits for that lease (whose row may commit after it, numbered before it) to end.
     #[tokio::test]
     async fn a_resume_waits_for_the_rows_committed_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let (_dir, store, seqs) = sequenced();
         let slow = seqs.lease(1).await.unwrap();
         let fast = seqs.lease(1).await.unwrap();
         store
@@ -1475,10 +1483,7 @@ mod tests {
     /// clock, so membership changes stamped by it order against sequences to the millisecond.
     #[tokio::test]
     async fn a_burst_waits_for_the_clock() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let (_dir, _store, seqs) = sequenced();
         for _ in 0..5 {
             // 3 milliseconds' worth of sequences each
             let big = seqs.lease(3 * 4096).await.unwrap();
@@ -1493,9 +1498,7 @@ mod tests {
     /// does not stall the sequencer: it goes on above the greatest sequence at once.
     #[tokio::test]
     async fn a_store_from_a_faster_clock_does_not_stall_numbering() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let (_dir, store, _) = sequenced();
         let ahead = tidings_core::seq::clock(now_ms() + 3_600_000);
         store.append_inbox(&[row("future", ahead)]).await.unwrap();
         let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
@@ -1549,10 +1552,7 @@ mod tests {
     /// cannot commit below rows a reader has already been shown.
     #[tokio::test]
     async fn an_abandoned_write_holds_its_floor_until_it_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-        let seqs = tidings_core::seq::Sequencer::new("node-a", store.clone());
+        let (_dir, store, seqs) = sequenced();
         let slow = seqs.lease(1).await.unwrap();
         let (s, at) = (store.clone(), slow.seq(0));
         let write = slow.hold_until(async move {
